@@ -145,7 +145,9 @@ impl Fault {
     }
 }
 
-/// What an injected fault does.
+/// What an injected fault does. `DropWatch` and `GoneInStream` are meant for
+/// watch requests (`Fault::watch(true)`); on a plain GET they give a body
+/// that is not the expected JSON, which a client reports as a decode error.
 #[derive(Clone, Debug)]
 pub enum FaultKind {
     /// Answer with a `Status` object and this HTTP code (429 also gets `Retry-After: 1`).
@@ -842,6 +844,8 @@ async fn handle(shared: Shared, req: Request<Bytes>) -> Response<Body> {
                 list(&shared, res, &filter)
             }
         }
+        // Namespaced kinds only: a name without a namespace is no URL of ours.
+        ("get", None, _) => not_found_resource(),
         ("create", Some(ns), None) => create(&shared, res, &route, ns, req.body()),
         ("patch", Some(ns), Some(name)) => patch(&shared, res, &route, ns, name, &req),
         _ => status(
