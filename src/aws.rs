@@ -335,9 +335,9 @@ pub async fn poll(targets: &[Target], settings: &Settings, elb: &mut Clients, pr
         timer.observe(all_targets_out(&states), now);
         if let Some(pass_at) = timer.passes_at(settings.lb_settle) {
             // All out: no need to ask again, the settle is pure waiting.
-            progress.see(format!("all {} targets out; settling {}", states.len(), humantime::format_duration(settings.lb_settle)));
+            progress.see(format!("targets out ({}); settling {}", states.len(), humantime::format_duration(settings.lb_settle)));
             sleep_until(pass_at).await;
-            progress.see(format!("all {} targets out, settled", states.len()));
+            progress.see(format!("targets out ({}), settled", states.len()));
             return Ok(());
         }
         let waiting = states.values().filter(|s| !s.is_out()).count();

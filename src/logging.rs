@@ -80,8 +80,16 @@ fn open_pid1(mode: Pid1) -> (Option<Arc<Mutex<File>>>, Option<String>) {
     }
 }
 
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether logs are JSON (structured fields may then carry whole objects).
+pub fn is_json() -> bool {
+    JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Install the global subscriber. Safe to call once; later calls do nothing.
 pub fn init(log: &LogSettings) {
+    JSON.store(log.format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
     let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (pid1, warning) = open_pid1(log.pid1);
     let writer = Tee { pid1 };

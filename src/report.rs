@@ -183,13 +183,14 @@ impl Summary {
         s
     }
 
-    /// Log the summary as one line (with structured fields).
+    /// Log the summary as one line; with JSON logs the whole summary rides along as a field.
     pub fn log(&self) {
-        let json = serde_json::to_string(self).unwrap_or_default();
+        let json = crate::logging::is_json().then(|| serde_json::to_string(self).ok()).flatten();
+        let line = self.line();
         if self.outcome().is_normal() {
-            tracing::info!(outcome = self.outcome, exit_code = self.exit_code, seconds = self.seconds, summary = %json, "{}", self.line());
+            tracing::info!(outcome = self.outcome, exit_code = self.exit_code, seconds = self.seconds, summary = json, "{line}");
         } else {
-            tracing::warn!(outcome = self.outcome, exit_code = self.exit_code, seconds = self.seconds, summary = %json, "{}", self.line());
+            tracing::warn!(outcome = self.outcome, exit_code = self.exit_code, seconds = self.seconds, summary = json, "{line}");
         }
     }
 
