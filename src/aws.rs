@@ -24,7 +24,9 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::config::{LbMode, Settings, TargetGroupArn};
-use crate::decision::{MyEndpoint, Settle, TargetState, TargetStates, all_targets_out, only_pod_port, pod_port};
+use crate::decision::{
+    MyEndpoint, Settle, TargetState, TargetStates, all_targets_out, only_pod_port, pod_port,
+};
 use crate::endpoints::SharedEndpoints;
 use crate::k8s::{self, CallError, RULE_SERVICES, RULE_TGB};
 use crate::pod::PodInfo;
@@ -71,24 +73,33 @@ pub async fn discover(
     elb: &mut Clients,
 ) -> Result<Discovered, String> {
     let t = settings.request_timeout;
-    let tgbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &pod.namespace, &tgb_resource());
+    let tgbs: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &pod.namespace, &tgb_resource());
     let lp = ListParams::default();
     let bindings = match k8s::call(RULE_TGB, t, until, || tgbs.list(&lp)).await {
         Ok(list) => list.items,
         // No CRD: no AWS Load Balancer Controller here, so no bindings.
         Err(CallError::NotFound(_)) => Vec::new(),
         Err(e @ CallError::Forbidden { .. }) if settings.lb == LbMode::Auto => {
-            return Err(format!("{e}, or set DRAINWAIT_LB=none if no AWS load balancer targets this pod"));
+            return Err(format!(
+                "{e}, or set DRAINWAIT_LB=none if no AWS load balancer targets this pod"
+            ));
         }
         Err(e) => return Err(format!("cannot list TargetGroupBindings: {e}")),
     };
     let explicit = &settings.aws_target_group_arns;
     if bindings.is_empty() && explicit.is_empty() {
-        return nothing(settings, "no TargetGroupBinding in the namespace and no DRAINWAIT_AWS_TARGET_GROUP_ARNS");
+        return nothing(
+            settings,
+            "no TargetGroupBinding in the namespace and no DRAINWAIT_AWS_TARGET_GROUP_ARNS",
+        );
     }
 
     // The pod's Services and ports, from the endpoints gate's first synced view.
-    let mine: Vec<MyEndpoint> = if explicit.is_empty() || settings.aws_target_port.is_none() || !bindings.is_empty() {
+    let mine: Vec<MyEndpoint> = if explicit.is_empty()
+        || settings.aws_target_port.is_none()
+        || !bindings.is_empty()
+    {
         match timeout(until.saturating_duration_since(Instant::now()), endpoints.wait_for(Option::is_some)).await {
             Ok(Ok(v)) => v.as_deref().cloned().unwrap_or_default(),
             Ok(Err(_)) => return Err("the pod's Services are unknown because EndpointSlices could not be read (see the endpoints gate)".into()),
@@ -103,7 +114,10 @@ pub async fn discover(
     for b in &bindings {
         let name = b.metadata.name.clone().unwrap_or_default();
         let spec = b.data.get("spec").cloned().unwrap_or_default();
-        let svc = spec.pointer("/serviceRef/name").and_then(|v| v.as_str()).unwrap_or_default();
+        let svc = spec
+            .pointer("/serviceRef/name")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         if !services.contains(svc) {
             continue;
         }
@@ -111,23 +125,44 @@ pub async fn discover(
             tracing::info!(binding = %name, "TargetGroupBinding {name} uses instance targets: the nodes are the targets, not this pod; the endpoints gate and kube-proxy cover it");
             continue;
         }
-        let port_ref = spec.pointer("/serviceRef/port").cloned().unwrap_or_default();
+        let port_ref = spec
+            .pointer("/serviceRef/port")
+            .cloned()
+            .unwrap_or_default();
         let port_name = service_port_name(client, &pod.namespace, svc, &port_ref, t, until).await?;
         let port = pod_port(&mine, svc, &port_name).map_err(|e| {
             format!("TargetGroupBinding {name}: cannot resolve serviceRef.port {port_ref} to a pod port: {e}; set DRAINWAIT_AWS_TARGET_GROUP_ARNS and DRAINWAIT_AWS_TARGET_PORT instead")
         })?;
-        let arn = match spec.get("targetGroupARN").and_then(|v| v.as_str()).filter(|s| !s.is_empty()) {
+        let arn = match spec
+            .get("targetGroupARN")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+        {
             Some(arn) => arn.to_string(),
             None => match spec.get("targetGroupName").and_then(|v| v.as_str()) {
-                Some(tg_name) => elb.arn_for_name(tg_name, t).await.map_err(|e| format!("TargetGroupBinding {name}: {e}"))?,
-                None => return Err(format!("TargetGroupBinding {name} has neither spec.targetGroupARN nor spec.targetGroupName")),
+                Some(tg_name) => elb
+                    .arn_for_name(tg_name, t)
+                    .await
+                    .map_err(|e| format!("TargetGroupBinding {name}: {e}"))?,
+                None => {
+                    return Err(format!(
+                        "TargetGroupBinding {name} has neither spec.targetGroupARN nor spec.targetGroupName"
+                    ));
+                }
             },
         };
         let ipv6 = spec.get("ipAddressType").and_then(|v| v.as_str()) == Some("ipv6");
-        let ip = pod
-            .ip(ipv6)
-            .ok_or_else(|| format!("TargetGroupBinding {name} wants an {} target but the pod has no such IP", if ipv6 { "IPv6" } else { "IPv4" }))?;
-        targets.insert(Target { arn, id: ip.to_string(), port });
+        let ip = pod.ip(ipv6).ok_or_else(|| {
+            format!(
+                "TargetGroupBinding {name} wants an {} target but the pod has no such IP",
+                if ipv6 { "IPv6" } else { "IPv4" }
+            )
+        })?;
+        targets.insert(Target {
+            arn,
+            id: ip.to_string(),
+            port,
+        });
     }
     if !explicit.is_empty() {
         let port = match settings.aws_target_port {
@@ -136,9 +171,16 @@ pub async fn discover(
                 format!("cannot choose the target port for DRAINWAIT_AWS_TARGET_GROUP_ARNS: {e}; set DRAINWAIT_AWS_TARGET_PORT")
             })?,
         };
-        let ip = pod.ip(false).or_else(|| pod.ip(true)).ok_or("the pod has no IP yet")?;
+        let ip = pod
+            .ip(false)
+            .or_else(|| pod.ip(true))
+            .ok_or("the pod has no IP yet")?;
         for arn in explicit {
-            targets.insert(Target { arn: arn.to_string(), id: ip.to_string(), port });
+            targets.insert(Target {
+                arn: arn.to_string(),
+                id: ip.to_string(),
+                port,
+            });
         }
     }
     if targets.is_empty() {
@@ -179,7 +221,9 @@ async fn service_port_name(
     let number = port_ref
         .as_i64()
         .or_else(|| port_ref.as_str().and_then(|s| s.parse().ok()))
-        .ok_or_else(|| format!("serviceRef.port {port_ref} of Service {svc} is neither a number nor a name"))?;
+        .ok_or_else(|| {
+            format!("serviceRef.port {port_ref} of Service {svc} is neither a number nor a name")
+        })?;
     let api: Api<Service> = Api::namespaced(client.clone(), ns);
     let service = k8s::call(RULE_SERVICES, t, until, || api.get(svc))
         .await
@@ -189,7 +233,11 @@ async fn service_port_name(
         .iter()
         .find(|p| i64::from(p.port) == number)
         .map(|p| p.name.clone().unwrap_or_default())
-        .ok_or_else(|| format!("Service {svc} has no port {number} (serviceRef.port of its TargetGroupBinding)"))
+        .ok_or_else(|| {
+            format!(
+                "Service {svc} has no port {number} (serviceRef.port of its TargetGroupBinding)"
+            )
+        })
 }
 
 /// ELBv2 clients, one per region, built lazily.
@@ -202,7 +250,11 @@ pub struct Clients {
 impl Clients {
     /// No client built yet.
     pub fn new(timeout: Duration) -> Clients {
-        Clients { timeout, by_region: BTreeMap::new(), default: None }
+        Clients {
+            timeout,
+            by_region: BTreeMap::new(),
+            default: None,
+        }
     }
 
     async fn load(&self, region: Option<Region>) -> SdkConfig {
@@ -227,7 +279,11 @@ impl Clients {
         let region = std::env::var("AWS_REGION")
             .ok()
             .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| arn.parse::<TargetGroupArn>().map(|a| a.region().to_string()).unwrap_or_default());
+            .unwrap_or_else(|| {
+                arn.parse::<TargetGroupArn>()
+                    .map(|a| a.region().to_string())
+                    .unwrap_or_default()
+            });
         if let Some(c) = self.by_region.get(&region) {
             return c.clone();
         }
@@ -251,8 +307,14 @@ impl Clients {
         let client = elbv2::Client::new(conf);
         let call = client.describe_target_groups().names(name).send();
         match timeout(t, call).await {
-            Err(_) => Err(format!("DescribeTargetGroups for {name:?} got no answer within {}", humantime::format_duration(t))),
-            Ok(Err(e)) => Err(format!("DescribeTargetGroups for {name:?} failed: {}", aws_error(&e))),
+            Err(_) => Err(format!(
+                "DescribeTargetGroups for {name:?} got no answer within {}",
+                humantime::format_duration(t)
+            )),
+            Ok(Err(e)) => Err(format!(
+                "DescribeTargetGroups for {name:?} failed: {}",
+                aws_error(&e)
+            )),
             Ok(Ok(out)) => out
                 .target_groups()
                 .iter()
@@ -277,7 +339,8 @@ fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
         pem.push_str("-----END CERTIFICATE-----\n");
         store.add_pem_certificate(pem);
     }
-    let builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
+    let builder = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
     match TlsContext::builder().with_trust_store(store).build() {
         Ok(ctx) => builder.tls_context(ctx).build_https(),
         Err(e) => {
@@ -288,7 +351,9 @@ fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
 }
 
 /// The error code and message chain of an SDK error.
-fn aws_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
+fn aws_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+) -> String {
     let base = DisplayErrorContext(e).to_string();
     match e.code() {
         Some(code) => format!("{code}: {}", e.message().unwrap_or(&base)),
@@ -304,10 +369,23 @@ enum Round {
 }
 
 /// Poll until every target is out, then settle. `Err` = unreadable (fallback).
-pub async fn poll(targets: &[Target], settings: &Settings, elb: &mut Clients, progress: &Progress) -> Result<(), String> {
+pub async fn poll(
+    targets: &[Target],
+    settings: &Settings,
+    elb: &mut Clients,
+    progress: &Progress,
+) -> Result<(), String> {
     let mut states: TargetStates = targets
         .iter()
-        .map(|t| ((t.arn.clone(), t.id.clone(), t.port), TargetState { state: "unknown".into(), reason: None }))
+        .map(|t| {
+            (
+                (t.arn.clone(), t.id.clone(), t.port),
+                TargetState {
+                    state: "unknown".into(),
+                    reason: None,
+                },
+            )
+        })
         .collect();
     let mut by_group: BTreeMap<&str, Vec<&Target>> = BTreeMap::new();
     for t in targets {
@@ -323,7 +401,9 @@ pub async fn poll(targets: &[Target], settings: &Settings, elb: &mut Clients, pr
             match describe(&client, arn, group, settings.request_timeout, &mut states).await? {
                 Round::Ok => {}
                 Round::Throttled => throttled = true,
-                Round::Transient(e) => tracing::debug!(target_group = %arn, error = %e, "DescribeTargetHealth failed; retrying"),
+                Round::Transient(e) => {
+                    tracing::debug!(target_group = %arn, error = %e, "DescribeTargetHealth failed; retrying")
+                }
             }
         }
         progress.targets(&states);
@@ -335,13 +415,20 @@ pub async fn poll(targets: &[Target], settings: &Settings, elb: &mut Clients, pr
         timer.observe(all_targets_out(&states), now);
         if let Some(pass_at) = timer.passes_at(settings.lb_settle) {
             // All out: no need to ask again, the settle is pure waiting.
-            progress.see(format!("targets out ({}); settling {}", states.len(), humantime::format_duration(settings.lb_settle)));
+            progress.see(format!(
+                "targets out ({}); settling {}",
+                states.len(),
+                humantime::format_duration(settings.lb_settle)
+            ));
             sleep_until(pass_at).await;
             progress.see(format!("targets out ({}), settled", states.len()));
             return Ok(());
         }
         let waiting = states.values().filter(|s| !s.is_out()).count();
-        progress.see(format!("{waiting} of {} targets still in rotation", states.len()));
+        progress.see(format!(
+            "{waiting} of {} targets still in rotation",
+            states.len()
+        ));
         sleep_until(now + k8s::jitter(settings.poll_interval * slowdown, 0.2)).await;
     }
 }
@@ -355,16 +442,32 @@ async fn describe(
 ) -> Result<Round, String> {
     let descs: Vec<TargetDescription> = group
         .iter()
-        .map(|g| TargetDescription::builder().id(&g.id).port(i32::from(g.port)).build())
+        .map(|g| {
+            TargetDescription::builder()
+                .id(&g.id)
+                .port(i32::from(g.port))
+                .build()
+        })
         .collect();
-    let call = client.describe_target_health().target_group_arn(arn).set_targets(Some(descs)).send();
+    let call = client
+        .describe_target_health()
+        .target_group_arn(arn)
+        .set_targets(Some(descs))
+        .send();
     let out = match timeout(t, call).await {
-        Err(_) => return Ok(Round::Transient(format!("no answer within {}", humantime::format_duration(t)))),
+        Err(_) => {
+            return Ok(Round::Transient(format!(
+                "no answer within {}",
+                humantime::format_duration(t)
+            )));
+        }
         Ok(Ok(out)) => out,
         Ok(Err(e)) => {
             let code = e.code().unwrap_or_default().to_string();
             return match code.as_str() {
-                "Throttling" | "ThrottlingException" | "RequestLimitExceeded" => Ok(Round::Throttled),
+                "Throttling" | "ThrottlingException" | "RequestLimitExceeded" => {
+                    Ok(Round::Throttled)
+                }
                 "InvalidTarget" if group.len() > 1 => {
                     // Which one? Ask each alone.
                     let mut round = Round::Ok;
@@ -378,7 +481,13 @@ async fn describe(
                 }
                 "InvalidTarget" => {
                     let one = group[0];
-                    states.insert((arn.to_string(), one.id.clone(), one.port), TargetState { state: "invalid".into(), reason: Some("InvalidTarget".into()) });
+                    states.insert(
+                        (arn.to_string(), one.id.clone(), one.port),
+                        TargetState {
+                            state: "invalid".into(),
+                            reason: Some("InvalidTarget".into()),
+                        },
+                    );
                     Ok(Round::Ok)
                 }
                 "TargetGroupNotFound" => Err(format!(
@@ -403,14 +512,22 @@ async fn describe(
         }
     };
     for d in out.target_health_descriptions() {
-        let (Some(target), Some(health)) = (d.target(), d.target_health()) else { continue };
+        let (Some(target), Some(health)) = (d.target(), d.target_health()) else {
+            continue;
+        };
         let id = target.id().unwrap_or_default().to_string();
-        let port = target.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+        let port = target
+            .port()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(0);
         let key = (arn.to_string(), id, port);
         // Only the targets we asked for: an answer for another port is not ours.
         if let Some(s) = states.get_mut(&key) {
             *s = TargetState {
-                state: health.state().map(|s| s.as_str().to_string()).unwrap_or_else(|| "unknown".into()),
+                state: health
+                    .state()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|| "unknown".into()),
                 reason: health.reason().map(|r| r.as_str().to_string()),
             };
         }
@@ -431,14 +548,23 @@ mod tests {
 
     #[test]
     fn credentials_errors_are_recognised() {
-        assert!(is_credentials_error("failed to construct request: an error occurred while loading credentials"));
-        assert!(is_credentials_error("dispatch failure: no credentials in the property bag"));
-        assert!(!is_credentials_error("dispatch failure: connection refused"));
+        assert!(is_credentials_error(
+            "failed to construct request: an error occurred while loading credentials"
+        ));
+        assert!(is_credentials_error(
+            "dispatch failure: no credentials in the property bag"
+        ));
+        assert!(!is_credentials_error(
+            "dispatch failure: connection refused"
+        ));
     }
 
     #[test]
     fn tgb_resource_is_v1beta1() {
         let r = tgb_resource();
-        assert_eq!((r.api_version.as_str(), r.plural.as_str()), ("elbv2.k8s.aws/v1beta1", "targetgroupbindings"));
+        assert_eq!(
+            (r.api_version.as_str(), r.plural.as_str()),
+            ("elbv2.k8s.aws/v1beta1", "targetgroupbindings")
+        );
     }
 }

@@ -152,7 +152,8 @@ impl FromStr for NameList {
 
 fn is_dns_label(s: &str) -> bool {
     s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -304,7 +305,12 @@ fn duration(var: &'static str, flag: &'static str, value: &str) -> Result<Durati
 
 fn positive(var: &'static str, flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
     match duration(var, flag, value)? {
-        d if d.is_zero() => Err(bad(var, flag, value, "a duration greater than zero, like 2s")),
+        d if d.is_zero() => Err(bad(
+            var,
+            flag,
+            value,
+            "a duration greater than zero, like 2s",
+        )),
         d => Ok(d),
     }
 }
@@ -340,7 +346,12 @@ impl LogSettings {
             "auto" => Ok(Pid1::Auto),
             "true" => Ok(Pid1::On),
             "false" => Ok(Pid1::Off),
-            _ => Err(bad("DRAINWAIT_LOG_TO_PID1", "log-to-pid1", v, "auto, true or false")),
+            _ => Err(bad(
+                "DRAINWAIT_LOG_TO_PID1",
+                "log-to-pid1",
+                v,
+                "auto, true or false",
+            )),
         }
     }
 }
@@ -426,12 +437,24 @@ impl Settings {
             pod_name: non_empty(&a.pod_name),
             pod_namespace: non_empty(&a.pod_namespace),
             max_wait: duration("DRAINWAIT_MAX_WAIT", "max-wait", &a.max_wait)?,
-            shutdown_reserve: duration("DRAINWAIT_SHUTDOWN_RESERVE", "shutdown-reserve", &a.shutdown_reserve)?,
-            endpoints_settle: duration("DRAINWAIT_ENDPOINTS_SETTLE", "endpoints-settle", &a.endpoints_settle)?,
+            shutdown_reserve: duration(
+                "DRAINWAIT_SHUTDOWN_RESERVE",
+                "shutdown-reserve",
+                &a.shutdown_reserve,
+            )?,
+            endpoints_settle: duration(
+                "DRAINWAIT_ENDPOINTS_SETTLE",
+                "endpoints-settle",
+                &a.endpoints_settle,
+            )?,
             lb_settle: duration("DRAINWAIT_LB_SETTLE", "lb-settle", &a.lb_settle)?,
             poll_interval: positive("DRAINWAIT_POLL_INTERVAL", "poll-interval", &a.poll_interval)?,
             fallback_wait: duration("DRAINWAIT_FALLBACK_WAIT", "fallback-wait", &a.fallback_wait)?,
-            request_timeout: positive("DRAINWAIT_REQUEST_TIMEOUT", "request-timeout", &a.request_timeout)?,
+            request_timeout: positive(
+                "DRAINWAIT_REQUEST_TIMEOUT",
+                "request-timeout",
+                &a.request_timeout,
+            )?,
             services,
             lb,
             aws_target_group_arns: arns,
@@ -457,7 +480,9 @@ impl Settings {
 }
 
 fn non_empty(v: &Option<String>) -> Option<String> {
-    v.as_ref().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    v.as_ref()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
@@ -472,7 +497,14 @@ mod tests {
 
     #[test]
     fn durations_accept_spec_forms() {
-        for (s, ms) in [("90s", 90_000), ("2m", 120_000), ("1m30s", 90_000), ("500ms", 500), ("90", 90_000), ("0", 0)] {
+        for (s, ms) in [
+            ("90s", 90_000),
+            ("2m", 120_000),
+            ("1m30s", 90_000),
+            ("500ms", 500),
+            ("90", 90_000),
+            ("0", 0),
+        ] {
             assert_eq!(s.parse::<Dur>(), Ok(Dur(Duration::from_millis(ms))), "{s}");
         }
         for s in ["", "abc", "-1", "5 parsecs", "1.5"] {
@@ -503,15 +535,24 @@ mod tests {
         assert_eq!(e.var, "DRAINWAIT_MAX_WAIT");
         assert_eq!(e.value, "forever");
         let msg = e.to_string();
-        assert!(msg.contains("DRAINWAIT_MAX_WAIT") && msg.contains("\"forever\"") && msg.contains("1m30s"), "{msg}");
+        assert!(
+            msg.contains("DRAINWAIT_MAX_WAIT")
+                && msg.contains("\"forever\"")
+                && msg.contains("1m30s"),
+            "{msg}"
+        );
 
         let e = Settings::from_args(&args(&["--lb", "gcp"])).unwrap_err();
-        assert_eq!((e.var, e.accepted.as_str()), ("DRAINWAIT_LB", "auto, aws or none"));
+        assert_eq!(
+            (e.var, e.accepted.as_str()),
+            ("DRAINWAIT_LB", "auto, aws or none")
+        );
         let e = Settings::from_args(&args(&["--poll-interval", "0s"])).unwrap_err();
         assert_eq!(e.var, "DRAINWAIT_POLL_INTERVAL");
         let e = Settings::from_args(&args(&["--aws-target-port", "70000"])).unwrap_err();
         assert_eq!(e.var, "DRAINWAIT_AWS_TARGET_PORT");
-        let e = Settings::from_args(&args(&["--aws-target-group-arns", "arn:aws:s3:::bucket"])).unwrap_err();
+        let e = Settings::from_args(&args(&["--aws-target-group-arns", "arn:aws:s3:::bucket"]))
+            .unwrap_err();
         assert_eq!(e.value, "arn:aws:s3:::bucket");
         let e = Settings::from_args(&args(&["--services", "Argo_Server"])).unwrap_err();
         assert_eq!(e.var, "DRAINWAIT_SERVICES");
@@ -539,8 +580,14 @@ mod tests {
 
     #[test]
     fn invalid_fallback_uses_default_when_itself_invalid() {
-        assert_eq!(Settings::fallback_for_invalid(&args(&["--fallback-wait", "7s"])), Duration::from_secs(7));
-        assert_eq!(Settings::fallback_for_invalid(&args(&["--fallback-wait", "soon"])), Duration::from_secs(30));
+        assert_eq!(
+            Settings::fallback_for_invalid(&args(&["--fallback-wait", "7s"])),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            Settings::fallback_for_invalid(&args(&["--fallback-wait", "soon"])),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]

@@ -49,7 +49,9 @@ fn is_mine(ep: &k8s_openapi::api::discovery::v1::Endpoint, me: &Me) -> bool {
                 return false;
             }
             match (&r.uid, &me.uid) {
-                (Some(theirs), Some(mine)) if !theirs.is_empty() && !mine.is_empty() => theirs == mine,
+                (Some(theirs), Some(mine)) if !theirs.is_empty() && !mine.is_empty() => {
+                    theirs == mine
+                }
                 _ => r.name.as_deref() == Some(me.name.as_str()),
             }
         }
@@ -58,7 +60,10 @@ fn is_mine(ep: &k8s_openapi::api::discovery::v1::Endpoint, me: &Me) -> bool {
 }
 
 /// Every endpoint of this pod across the given slices.
-pub fn my_endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>, me: &Me) -> Vec<MyEndpoint> {
+pub fn my_endpoints<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    me: &Me,
+) -> Vec<MyEndpoint> {
     let mut out = Vec::new();
     for slice in slices {
         let service = slice
@@ -108,7 +113,11 @@ impl EndpointsView {
     pub fn of(mine: &[MyEndpoint]) -> EndpointsView {
         EndpointsView {
             services: mine.iter().map(|e| e.service.clone()).collect(),
-            in_rotation_via: mine.iter().filter(|e| e.in_rotation).map(|e| e.service.clone()).collect(),
+            in_rotation_via: mine
+                .iter()
+                .filter(|e| e.in_rotation)
+                .map(|e| e.service.clone())
+                .collect(),
         }
     }
 
@@ -121,7 +130,11 @@ impl EndpointsView {
 /// The pod's port for a Service port, looked up in that Service's slices.
 /// `service_port_name` is the name of the Service port (empty for an unnamed
 /// single port). Ambiguous (two different numbers) or absent: `Err` with what was seen.
-pub fn pod_port(mine: &[MyEndpoint], service: &str, service_port_name: &str) -> Result<u16, String> {
+pub fn pod_port(
+    mine: &[MyEndpoint],
+    service: &str,
+    service_port_name: &str,
+) -> Result<u16, String> {
     let found: BTreeSet<u16> = mine
         .iter()
         .filter(|e| e.service == service)
@@ -142,7 +155,10 @@ pub fn pod_port(mine: &[MyEndpoint], service: &str, service_port_name: &str) -> 
 
 /// The pod's only port across all its endpoints, for explicit target group ARNs.
 pub fn only_pod_port(mine: &[MyEndpoint]) -> Result<u16, String> {
-    let found: BTreeSet<u16> = mine.iter().flat_map(|e| e.ports.iter().map(|(_, p)| *p)).collect();
+    let found: BTreeSet<u16> = mine
+        .iter()
+        .flat_map(|e| e.ports.iter().map(|(_, p)| *p))
+        .collect();
     match found.len() {
         1 => Ok(*found.iter().next().unwrap_or(&0)),
         0 => Err("this pod has no port in any EndpointSlice".into()),
@@ -153,7 +169,8 @@ pub fn only_pod_port(mine: &[MyEndpoint]) -> Result<u16, String> {
 /// Is a load balancer target out of rotation? `draining`, `unhealthy.draining`
 /// and `unused` are; so is any state with reason `Target.NotRegistered`.
 pub fn target_out(state: &str, reason: Option<&str>) -> bool {
-    matches!(state, "draining" | "unhealthy.draining" | "unused") || reason == Some("Target.NotRegistered")
+    matches!(state, "draining" | "unhealthy.draining" | "unused")
+        || reason == Some("Target.NotRegistered")
 }
 
 /// A settle timer: starts when the gate's condition is first seen true,
@@ -307,7 +324,13 @@ mod tests {
         }
     }
 
-    fn ep(name: Option<&str>, uid: Option<&str>, ip: &str, ready: Option<bool>, terminating: Option<bool>) -> Endpoint {
+    fn ep(
+        name: Option<&str>,
+        uid: Option<&str>,
+        ip: &str,
+        ready: Option<bool>,
+        terminating: Option<bool>,
+    ) -> Endpoint {
         Endpoint {
             addresses: vec![ip.into()],
             conditions: Some(EndpointConditions {
@@ -325,7 +348,12 @@ mod tests {
         }
     }
 
-    fn slice(service: &str, name: &str, ports: &[(&str, i32)], eps: Vec<Endpoint>) -> EndpointSlice {
+    fn slice(
+        service: &str,
+        name: &str,
+        ports: &[(&str, i32)],
+        eps: Vec<Endpoint>,
+    ) -> EndpointSlice {
         EndpointSlice {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -353,16 +381,49 @@ mod tests {
 
     #[test]
     fn ready_unset_counts_as_ready() {
-        let s = slice("argo", "argo-1", &[("web", 2746)], vec![ep(Some("argo-server-abc"), Some("uid-1"), "10.0.0.7", None, None)]);
+        let s = slice(
+            "argo",
+            "argo-1",
+            &[("web", 2746)],
+            vec![ep(
+                Some("argo-server-abc"),
+                Some("uid-1"),
+                "10.0.0.7",
+                None,
+                None,
+            )],
+        );
         assert!(view(&[s]).in_rotation());
     }
 
     #[test]
     fn not_ready_or_terminating_is_out() {
-        let not_ready = slice("argo", "a", &[], vec![ep(Some("argo-server-abc"), Some("uid-1"), "10.0.0.7", Some(false), Some(true))]);
+        let not_ready = slice(
+            "argo",
+            "a",
+            &[],
+            vec![ep(
+                Some("argo-server-abc"),
+                Some("uid-1"),
+                "10.0.0.7",
+                Some(false),
+                Some(true),
+            )],
+        );
         assert!(!view(&[not_ready]).in_rotation());
         // publishNotReadyAddresses: ready stays true while terminating.
-        let pnra = slice("argo", "a", &[], vec![ep(Some("argo-server-abc"), Some("uid-1"), "10.0.0.7", Some(true), Some(true))]);
+        let pnra = slice(
+            "argo",
+            "a",
+            &[],
+            vec![ep(
+                Some("argo-server-abc"),
+                Some("uid-1"),
+                "10.0.0.7",
+                Some(true),
+                Some(true),
+            )],
+        );
         let v = view(&[pnra]);
         assert!(!v.in_rotation());
         assert_eq!(v.services, BTreeSet::from(["argo".to_string()]));
@@ -371,25 +432,85 @@ mod tests {
     #[test]
     fn uid_beats_name_and_name_is_used_without_uid() {
         // Same name, other uid: a previous pod of a StatefulSet, not us.
-        let old = slice("argo", "a", &[], vec![ep(Some("argo-server-abc"), Some("uid-0"), "10.0.0.9", Some(true), None)]);
+        let old = slice(
+            "argo",
+            "a",
+            &[],
+            vec![ep(
+                Some("argo-server-abc"),
+                Some("uid-0"),
+                "10.0.0.9",
+                Some(true),
+                None,
+            )],
+        );
         assert!(!view(&[old]).in_rotation());
-        let by_name = slice("argo", "a", &[], vec![ep(Some("argo-server-abc"), None, "10.0.0.9", Some(true), None)]);
+        let by_name = slice(
+            "argo",
+            "a",
+            &[],
+            vec![ep(
+                Some("argo-server-abc"),
+                None,
+                "10.0.0.9",
+                Some(true),
+                None,
+            )],
+        );
         assert!(view(&[by_name]).in_rotation());
     }
 
     #[test]
     fn address_only_without_target_ref() {
-        let by_ip = slice("ext", "e", &[], vec![ep(None, None, "10.0.0.7", Some(true), None)]);
+        let by_ip = slice(
+            "ext",
+            "e",
+            &[],
+            vec![ep(None, None, "10.0.0.7", Some(true), None)],
+        );
         assert!(view(&[by_ip]).in_rotation());
         // With a targetRef naming another pod, our IP does not make it ours (IP reuse).
-        let other = slice("ext", "e", &[], vec![ep(Some("other"), Some("uid-9"), "10.0.0.7", Some(true), None)]);
+        let other = slice(
+            "ext",
+            "e",
+            &[],
+            vec![ep(
+                Some("other"),
+                Some("uid-9"),
+                "10.0.0.7",
+                Some(true),
+                None,
+            )],
+        );
         assert!(view(&[other]).services.is_empty());
     }
 
     #[test]
     fn in_rotation_while_any_service_keeps_it() {
-        let a = slice("a", "a-1", &[], vec![ep(Some("argo-server-abc"), Some("uid-1"), "10.0.0.7", Some(false), Some(true))]);
-        let b = slice("b", "b-1", &[], vec![ep(Some("argo-server-abc"), Some("uid-1"), "10.0.0.7", Some(true), None)]);
+        let a = slice(
+            "a",
+            "a-1",
+            &[],
+            vec![ep(
+                Some("argo-server-abc"),
+                Some("uid-1"),
+                "10.0.0.7",
+                Some(false),
+                Some(true),
+            )],
+        );
+        let b = slice(
+            "b",
+            "b-1",
+            &[],
+            vec![ep(
+                Some("argo-server-abc"),
+                Some("uid-1"),
+                "10.0.0.7",
+                Some(true),
+                None,
+            )],
+        );
         let v = view(&[a, b]);
         assert!(v.in_rotation());
         assert_eq!(v.in_rotation_via, BTreeSet::from(["b".to_string()]));
@@ -397,13 +518,35 @@ mod tests {
 
     #[test]
     fn pod_port_by_service_port_name() {
-        let s = slice("argo", "a", &[("web", 2746), ("metrics", 9090)], vec![ep(Some("argo-server-abc"), Some("uid-1"), "10.0.0.7", None, None)]);
+        let s = slice(
+            "argo",
+            "a",
+            &[("web", 2746), ("metrics", 9090)],
+            vec![ep(
+                Some("argo-server-abc"),
+                Some("uid-1"),
+                "10.0.0.7",
+                None,
+                None,
+            )],
+        );
         let mine = my_endpoints(&[s.clone()], &me());
         assert_eq!(pod_port(&mine, "argo", "web"), Ok(2746));
         assert!(pod_port(&mine, "argo", "grpc").is_err());
         assert!(pod_port(&mine, "other", "web").is_err());
         assert!(only_pod_port(&mine).unwrap_err().contains("several"));
-        let single = slice("argo", "a", &[("", 2746)], vec![ep(Some("argo-server-abc"), Some("uid-1"), "10.0.0.7", None, None)]);
+        let single = slice(
+            "argo",
+            "a",
+            &[("", 2746)],
+            vec![ep(
+                Some("argo-server-abc"),
+                Some("uid-1"),
+                "10.0.0.7",
+                None,
+                None,
+            )],
+        );
         let mine = my_endpoints(&[single], &me());
         assert_eq!(pod_port(&mine, "argo", ""), Ok(2746));
         assert_eq!(only_pod_port(&mine), Ok(2746));
@@ -424,11 +567,32 @@ mod tests {
             assert_eq!(target_out(state, reason), out, "{state} {reason:?}");
         }
         let mut states = TargetStates::new();
-        assert!(!all_targets_out(&states), "no target known is not 'all out'");
-        states.insert(("tg".into(), "10.0.0.7".into(), 2746), TargetState { state: "draining".into(), reason: None });
-        states.insert(("tg2".into(), "10.0.0.7".into(), 2746), TargetState { state: "invalid".into(), reason: None });
+        assert!(
+            !all_targets_out(&states),
+            "no target known is not 'all out'"
+        );
+        states.insert(
+            ("tg".into(), "10.0.0.7".into(), 2746),
+            TargetState {
+                state: "draining".into(),
+                reason: None,
+            },
+        );
+        states.insert(
+            ("tg2".into(), "10.0.0.7".into(), 2746),
+            TargetState {
+                state: "invalid".into(),
+                reason: None,
+            },
+        );
         assert!(all_targets_out(&states));
-        states.insert(("tg3".into(), "10.0.0.7".into(), 2746), TargetState { state: "healthy".into(), reason: None });
+        states.insert(
+            ("tg3".into(), "10.0.0.7".into(), 2746),
+            TargetState {
+                state: "healthy".into(),
+                reason: None,
+            },
+        );
         assert!(!all_targets_out(&states));
     }
 
@@ -450,8 +614,14 @@ mod tests {
 
     #[test]
     fn outcomes_and_exit_codes() {
-        assert_eq!(overall(&[GateEnd::Passed, GateEnd::Skipped]), Outcome::Drained);
-        assert_eq!(overall(&[GateEnd::Passed, GateEnd::Fallback]), Outcome::Fallback);
+        assert_eq!(
+            overall(&[GateEnd::Passed, GateEnd::Skipped]),
+            Outcome::Drained
+        );
+        assert_eq!(
+            overall(&[GateEnd::Passed, GateEnd::Fallback]),
+            Outcome::Fallback
+        );
         let codes: Vec<u8> = [
             Outcome::Drained,
             Outcome::NotDeleting,

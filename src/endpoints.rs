@@ -62,13 +62,19 @@ pub async fn run(
     progress.see("listing EndpointSlices");
 
     loop {
-        let mut stream = watch_slices(api.clone(), config.clone()).backoff(FastBackoff::default()).boxed();
+        let mut stream = watch_slices(api.clone(), config.clone())
+            .backoff(FastBackoff::default())
+            .boxed();
         let mut buffer: Option<BTreeMap<String, EndpointSlice>> = None;
         let mut synced = false;
         loop {
             // Until the list answers, bound the wait; afterwards a quiet watch is normal
             // and the client's read timeout covers a dead connection.
-            let guard = if synced { Duration::from_secs(3600) } else { request_timeout };
+            let guard = if synced {
+                Duration::from_secs(3600)
+            } else {
+                request_timeout
+            };
             let pass_at = timer.passes_at(settle);
             let item = tokio::select! {
                 item = timeout(guard, stream.next()) => item,
@@ -79,7 +85,10 @@ pub async fn run(
             };
             let event = match item {
                 Err(_) => {
-                    tracing::warn!("EndpointSlice list got no answer within {}; restarting the watch", humantime::format_duration(request_timeout));
+                    tracing::warn!(
+                        "EndpointSlice list got no answer within {}; restarting the watch",
+                        humantime::format_duration(request_timeout)
+                    );
                     break;
                 }
                 Ok(None) => break,
@@ -99,7 +108,9 @@ pub async fn run(
             match event {
                 Event::Init => buffer = Some(BTreeMap::new()),
                 Event::InitApply(s) => {
-                    buffer.get_or_insert_with(BTreeMap::new).insert(s.name_any(), s);
+                    buffer
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(s.name_any(), s);
                 }
                 Event::InitDone => {
                     slices = buffer.take().unwrap_or_default();
@@ -147,7 +158,9 @@ enum Failure {
 
 fn classify(e: &watcher::Error) -> Option<Failure> {
     let inner = match e {
-        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => e,
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => e,
         _ => return None,
     };
     if k8s::is_forbidden(inner) {

@@ -17,8 +17,11 @@ pub fn install(exe: &Path, dir: &Path) -> io::Result<PathBuf> {
     let tmp = dir.join(format!(".drainwait.{}.tmp", std::process::id()));
     let result = (|| {
         fs::copy(exe, &tmp).map_err(|e| with_path(e, "copy the executable to", &tmp))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(|e| with_path(e, "chmod", &tmp))?;
-        fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| with_path(e, "sync", &tmp))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
+            .map_err(|e| with_path(e, "chmod", &tmp))?;
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| with_path(e, "sync", &tmp))?;
         fs::rename(&tmp, &target).map_err(|e| with_path(e, "rename into", &target))
     })();
     if result.is_err() {
@@ -44,15 +47,32 @@ mod tests {
         for _ in 0..2 {
             let p = install(&exe, &dest).expect("install");
             assert_eq!(fs::read(&p).expect("read"), b"#!binary");
-            assert_eq!(fs::metadata(&p).expect("meta").permissions().mode() & 0o777, 0o755);
+            assert_eq!(
+                fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
+                0o755
+            );
         }
-        let names: Vec<_> = fs::read_dir(&dest).expect("ls").map(|e| e.expect("entry").file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("drainwait")], "no temp file left behind");
+        let names: Vec<_> = fs::read_dir(&dest)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("drainwait")],
+            "no temp file left behind"
+        );
     }
 
     #[test]
     fn error_names_the_path() {
-        let e = install(Path::new("/nonexistent/exe"), &std::env::temp_dir().join("dw-install-err")).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent") || e.to_string().contains("dw-install-err"), "{e}");
+        let e = install(
+            Path::new("/nonexistent/exe"),
+            &std::env::temp_dir().join("dw-install-err"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("/nonexistent") || e.to_string().contains("dw-install-err"),
+            "{e}"
+        );
     }
 }

@@ -24,10 +24,12 @@ pub async fn client(request_timeout: Duration) -> Result<(kube::Client, String),
         .map_err(|e| format!("cannot find Kubernetes credentials ({e}): run in a pod with a service account, or set KUBECONFIG"))?;
     config.connect_timeout = Some(request_timeout);
     // Reads on a watch legitimately wait for the server-side watch timeout.
-    config.read_timeout = Some(Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS)) + request_timeout);
+    config.read_timeout =
+        Some(Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS)) + request_timeout);
     config.write_timeout = Some(request_timeout);
     let ns = config.default_namespace.clone();
-    let client = kube::Client::try_from(config).map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;
+    let client = kube::Client::try_from(config)
+        .map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;
     Ok((client, ns))
 }
 
@@ -89,27 +91,53 @@ impl std::fmt::Display for Rule {
             "{{apiGroups: [\"{}\"], resources: [\"{}\"], verbs: [{}]}}",
             self.group,
             self.resource,
-            self.verbs.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", ")
+            self.verbs
+                .iter()
+                .map(|v| format!("\"{v}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 }
 
 /// `pods` get.
-pub const RULE_PODS: Rule = Rule { group: "", resource: "pods", verbs: &["get"] };
+pub const RULE_PODS: Rule = Rule {
+    group: "",
+    resource: "pods",
+    verbs: &["get"],
+};
 /// `services` get.
-pub const RULE_SERVICES: Rule = Rule { group: "", resource: "services", verbs: &["get"] };
+pub const RULE_SERVICES: Rule = Rule {
+    group: "",
+    resource: "services",
+    verbs: &["get"],
+};
 /// `endpointslices` list, watch.
-pub const RULE_SLICES: Rule = Rule { group: "discovery.k8s.io", resource: "endpointslices", verbs: &["list", "watch"] };
+pub const RULE_SLICES: Rule = Rule {
+    group: "discovery.k8s.io",
+    resource: "endpointslices",
+    verbs: &["list", "watch"],
+};
 /// `events` create, patch.
-pub const RULE_EVENTS: Rule = Rule { group: "events.k8s.io", resource: "events", verbs: &["create", "patch"] };
+pub const RULE_EVENTS: Rule = Rule {
+    group: "events.k8s.io",
+    resource: "events",
+    verbs: &["create", "patch"],
+};
 /// `targetgroupbindings` list, watch.
-pub const RULE_TGB: Rule = Rule { group: "elbv2.k8s.aws", resource: "targetgroupbindings", verbs: &["list", "watch"] };
+pub const RULE_TGB: Rule = Rule {
+    group: "elbv2.k8s.aws",
+    resource: "targetgroupbindings",
+    verbs: &["list", "watch"],
+};
 
 /// What a failed call means to its caller.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// 403.
-    #[error("forbidden: {message}; add the RBAC rule {rule} to a Role bound to the pod's service account (the drainwait chart grants it)")]
+    #[error(
+        "forbidden: {message}; add the RBAC rule {rule} to a Role bound to the pod's service account (the drainwait chart grants it)"
+    )]
     Forbidden {
         /// The server's message (names the service account).
         message: String,
@@ -173,7 +201,12 @@ pub fn jitter(d: Duration, spread: f64) -> Duration {
 
 /// Run `f` under `per_call` timeout, retrying transient failures until `until`.
 /// `rule` names the RBAC rule a 403 would be missing.
-pub async fn call<T, F, Fut>(rule: Rule, per_call: Duration, until: Instant, mut f: F) -> Result<T, CallError>
+pub async fn call<T, F, Fut>(
+    rule: Rule,
+    per_call: Duration,
+    until: Instant,
+    mut f: F,
+) -> Result<T, CallError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, kube::Error>>,
@@ -186,11 +219,21 @@ where
         let attempt_end = (Instant::now() + per_call).min(until);
         let last = match timeout_at(attempt_end, f()).await {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) if is_forbidden(&e) => return Err(CallError::Forbidden { message: message(&e), rule }),
+            Ok(Err(e)) if is_forbidden(&e) => {
+                return Err(CallError::Forbidden {
+                    message: message(&e),
+                    rule,
+                });
+            }
             Ok(Err(e)) if is_not_found(&e) => return Err(CallError::NotFound(message(&e))),
             Ok(Err(e)) if !is_transient(&e) => return Err(CallError::Failed(message(&e))),
             Ok(Err(e)) => message(&e),
-            Err(_) if attempt_end >= until => return Err(CallError::GaveUp { attempts, last: "no answer before the time limit".into() }),
+            Err(_) if attempt_end >= until => {
+                return Err(CallError::GaveUp {
+                    attempts,
+                    last: "no answer before the time limit".into(),
+                });
+            }
             Err(_) => format!("no answer within {}", humantime::format_duration(per_call)),
         };
         let retry_at = Instant::now() + backoff.next().unwrap_or(FastBackoff::CAP);
@@ -210,7 +253,10 @@ mod tests {
     fn backoff_starts_small_and_caps() {
         let mut b = FastBackoff::default();
         let first = b.next().unwrap_or_default();
-        assert!(first >= Duration::from_millis(80) && first <= Duration::from_millis(120), "{first:?}");
+        assert!(
+            first >= Duration::from_millis(80) && first <= Duration::from_millis(120),
+            "{first:?}"
+        );
         let later: Vec<Duration> = b.by_ref().take(10).collect();
         assert!(later.iter().all(|d| *d <= Duration::from_millis(2400)));
         b.reset();
@@ -244,28 +290,42 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn call_retries_transient_then_succeeds() {
         let mut n = 0;
-        let r = call(RULE_PODS, Duration::from_secs(1), Instant::now() + Duration::from_secs(10), || {
-            n += 1;
-            let fail = n < 3;
-            async move { if fail { Err(api(500)) } else { Ok(n) } }
-        })
+        let r = call(
+            RULE_PODS,
+            Duration::from_secs(1),
+            Instant::now() + Duration::from_secs(10),
+            || {
+                n += 1;
+                let fail = n < 3;
+                async move { if fail { Err(api(500)) } else { Ok(n) } }
+            },
+        )
         .await;
         assert_eq!(r.ok(), Some(3));
     }
 
     #[tokio::test(start_paused = true)]
     async fn call_stops_on_403_with_rule_and_gives_up_at_limit() {
-        let r: Result<(), _> = call(RULE_SLICES, Duration::from_secs(1), Instant::now() + Duration::from_secs(10), || async {
-            Err(api(403))
-        })
+        let r: Result<(), _> = call(
+            RULE_SLICES,
+            Duration::from_secs(1),
+            Instant::now() + Duration::from_secs(10),
+            || async { Err(api(403)) },
+        )
         .await;
         let msg = r.unwrap_err().to_string();
-        assert!(msg.contains("endpointslices") && msg.contains("\"watch\""), "{msg}");
+        assert!(
+            msg.contains("endpointslices") && msg.contains("\"watch\""),
+            "{msg}"
+        );
 
         let start = Instant::now();
-        let r: Result<(), _> = call(RULE_PODS, Duration::from_millis(300), start + Duration::from_secs(3), || {
-            std::future::pending::<Result<(), kube::Error>>()
-        })
+        let r: Result<(), _> = call(
+            RULE_PODS,
+            Duration::from_millis(300),
+            start + Duration::from_secs(3),
+            || std::future::pending::<Result<(), kube::Error>>(),
+        )
         .await;
         assert!(matches!(r, Err(CallError::GaveUp { .. })));
         assert!(Instant::now() <= start + Duration::from_secs(3));

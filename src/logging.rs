@@ -29,7 +29,17 @@ fn secret_safe(target: &str, level: &Level) -> bool {
     if target.starts_with("aws_sigv4") {
         return false;
     }
-    let capped = ["aws_", "hyper", "h2", "rustls", "tower", "http", "kube_client", "kube_runtime", "reqwest"];
+    let capped = [
+        "aws_",
+        "hyper",
+        "h2",
+        "rustls",
+        "tower",
+        "http",
+        "kube_client",
+        "kube_runtime",
+        "reqwest",
+    ];
     if capped.iter().any(|p| target.starts_with(p)) {
         return *level <= Level::INFO;
     }
@@ -65,7 +75,9 @@ impl Write for TeeWriter {
 impl<'a> MakeWriter<'a> for Tee {
     type Writer = TeeWriter;
     fn make_writer(&'a self) -> TeeWriter {
-        TeeWriter { pid1: self.pid1.clone() }
+        TeeWriter {
+            pid1: self.pid1.clone(),
+        }
     }
 }
 
@@ -75,7 +87,12 @@ fn open_pid1(mode: Pid1) -> (Option<Arc<Mutex<File>>>, Option<String>) {
     }
     match OpenOptions::new().append(true).open(PID1_STDOUT) {
         Ok(f) => (Some(Arc::new(Mutex::new(f))), None),
-        Err(e) if mode == Pid1::On => (None, Some(format!("cannot write logs to {PID1_STDOUT} ({e}); logs go to stderr only"))),
+        Err(e) if mode == Pid1::On => (
+            None,
+            Some(format!(
+                "cannot write logs to {PID1_STDOUT} ({e}); logs go to stderr only"
+            )),
+        ),
         Err(_) => (None, None),
     }
 }
@@ -89,7 +106,10 @@ pub fn is_json() -> bool {
 
 /// Install the global subscriber. Safe to call once; later calls do nothing.
 pub fn init(log: &LogSettings) {
-    JSON.store(log.format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
+    JSON.store(
+        log.format == LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (pid1, warning) = open_pid1(log.pid1);
     let writer = Tee { pid1 };
@@ -123,7 +143,10 @@ mod tests {
     #[test]
     fn secret_guard_caps_dependencies() {
         assert!(!secret_safe("aws_sigv4::http_request::sign", &Level::ERROR));
-        assert!(!secret_safe("aws_smithy_runtime::client::orchestrator", &Level::TRACE));
+        assert!(!secret_safe(
+            "aws_smithy_runtime::client::orchestrator",
+            &Level::TRACE
+        ));
         assert!(!secret_safe("hyper_util::client", &Level::DEBUG));
         assert!(secret_safe("aws_config::meta", &Level::INFO));
         assert!(secret_safe("drainwait::endpoints", &Level::TRACE));

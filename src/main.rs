@@ -18,7 +18,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("drainwait: cannot start the async runtime: {e}");
@@ -28,7 +31,9 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 fn wait_cmd(args: &WaitArgs) -> ExitCode {
-    let Some(rt) = runtime() else { return ExitCode::from(1) };
+    let Some(rt) = runtime() else {
+        return ExitCode::from(1);
+    };
     rt.block_on(async {
         let start = Instant::now();
         logging::init(&LogSettings::lenient(args));
@@ -62,8 +67,13 @@ async fn invalid_config(e: &ConfigError, args: &WaitArgs, start: Instant) -> u8 
 /// (the deadline still ends the wait).
 async fn signal() -> Signal {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        tracing::warn!("cannot install signal handlers; SIGINT/SIGTERM will not end the wait early");
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!(
+            "cannot install signal handlers; SIGINT/SIGTERM will not end the wait early"
+        );
         return std::future::pending().await;
     };
     tokio::select! {
@@ -86,7 +96,10 @@ fn install_cmd(dir: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("drainwait install: {e}; check that {} is writable (an emptyDir mounted there)", dir.display());
+            eprintln!(
+                "drainwait install: {e}; check that {} is writable (an emptyDir mounted there)",
+                dir.display()
+            );
             ExitCode::from(1)
         }
     }

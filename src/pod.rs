@@ -17,7 +17,10 @@ use crate::decision::Me;
 pub const SA_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 /// The pod name: the flag/`DRAINWAIT_POD_NAME`, else `POD_NAME`, else `HOSTNAME`.
-pub fn resolve_name(explicit: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+pub fn resolve_name(
+    explicit: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
     explicit
         .map(String::from)
         .or_else(|| env("POD_NAME"))
@@ -83,7 +86,11 @@ impl PodInfo {
 
     /// The first IP of the given family (`ipv6` true for IPv6).
     pub fn ip(&self, ipv6: bool) -> Option<&str> {
-        self.me.ips.iter().map(String::as_str).find(|ip| ip.contains(':') == ipv6)
+        self.me
+            .ips
+            .iter()
+            .map(String::as_str)
+            .find(|ip| ip.contains(':') == ipv6)
     }
 }
 
@@ -101,7 +108,9 @@ pub fn deadline(
     let Some(deletion) = deletion else { return cap };
     let until = deletion.duration_since(now_wall);
     let reserve = jiff::SignedDuration::try_from(reserve).unwrap_or(jiff::SignedDuration::MAX);
-    let left = until.checked_sub(reserve).unwrap_or(jiff::SignedDuration::MIN);
+    let left = until
+        .checked_sub(reserve)
+        .unwrap_or(jiff::SignedDuration::MIN);
     let by_grace = if left.is_negative() {
         // Already past: `now` minus how far past (clamped at `now` is enough: it is past).
         now
@@ -116,22 +125,50 @@ mod tests {
     use super::*;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
     fn name_fallbacks() {
-        assert_eq!(resolve_name(Some("a"), env(&[("POD_NAME", "b")])), Some("a".into()));
-        assert_eq!(resolve_name(None, env(&[("POD_NAME", "b"), ("HOSTNAME", "c")])), Some("b".into()));
-        assert_eq!(resolve_name(None, env(&[("HOSTNAME", "c")])), Some("c".into()));
+        assert_eq!(
+            resolve_name(Some("a"), env(&[("POD_NAME", "b")])),
+            Some("a".into())
+        );
+        assert_eq!(
+            resolve_name(None, env(&[("POD_NAME", "b"), ("HOSTNAME", "c")])),
+            Some("b".into())
+        );
+        assert_eq!(
+            resolve_name(None, env(&[("HOSTNAME", "c")])),
+            Some("c".into())
+        );
         assert_eq!(resolve_name(None, env(&[])), None);
     }
 
     #[test]
     fn namespace_fallbacks() {
-        assert_eq!(resolve_namespace(Some("x"), env(&[("POD_NAMESPACE", "y")]), Some("z".into()), "k"), "x");
-        assert_eq!(resolve_namespace(None, env(&[("POD_NAMESPACE", "y")]), Some("z".into()), "k"), "y");
-        assert_eq!(resolve_namespace(None, env(&[]), Some("z\n".into()), "k"), "z");
+        assert_eq!(
+            resolve_namespace(
+                Some("x"),
+                env(&[("POD_NAMESPACE", "y")]),
+                Some("z".into()),
+                "k"
+            ),
+            "x"
+        );
+        assert_eq!(
+            resolve_namespace(None, env(&[("POD_NAMESPACE", "y")]), Some("z".into()), "k"),
+            "y"
+        );
+        assert_eq!(
+            resolve_namespace(None, env(&[]), Some("z\n".into()), "k"),
+            "z"
+        );
         assert_eq!(resolve_namespace(None, env(&[]), None, "k"), "k");
     }
 
@@ -143,11 +180,20 @@ mod tests {
         let s = Duration::from_secs;
         // Deleted with 30 s grace: 30 - 5 reserve = 25 s from now.
         let del = wall + jiff::SignedDuration::from_secs(30);
-        assert_eq!(deadline(start, now, wall, Some(del), s(300), s(5)), now + s(25));
+        assert_eq!(
+            deadline(start, now, wall, Some(del), s(300), s(5)),
+            now + s(25)
+        );
         // MAX_WAIT smaller.
-        assert_eq!(deadline(start, now, wall, Some(del), s(10), s(5)), start + s(10));
+        assert_eq!(
+            deadline(start, now, wall, Some(del), s(10), s(5)),
+            start + s(10)
+        );
         // Not deleting: the cap.
-        assert_eq!(deadline(start, now, wall, None, s(300), s(5)), start + s(300));
+        assert_eq!(
+            deadline(start, now, wall, None, s(300), s(5)),
+            start + s(300)
+        );
         // Already past.
         let past = wall + jiff::SignedDuration::from_secs(3);
         assert!(deadline(start, now, wall, Some(past), s(300), s(5)) <= now);

@@ -140,7 +140,13 @@ pub struct Summary {
 
 impl Summary {
     /// Build from the outcome and the gates' progress.
-    pub fn new(outcome: Outcome, start: Instant, pod: String, detail: impl Into<String>, gates: &[Progress]) -> Summary {
+    pub fn new(
+        outcome: Outcome,
+        start: Instant,
+        pod: String,
+        detail: impl Into<String>,
+        gates: &[Progress],
+    ) -> Summary {
         Summary {
             outcome: outcome.name(),
             exit_code: outcome.exit_code(),
@@ -175,7 +181,15 @@ impl Summary {
                 let t: Vec<String> = g
                     .targets
                     .iter()
-                    .map(|t| format!("{}:{}@{} {}", t.id, t.port, short_tg(&t.target_group), t.state))
+                    .map(|t| {
+                        format!(
+                            "{}:{}@{} {}",
+                            t.id,
+                            t.port,
+                            short_tg(&t.target_group),
+                            t.state
+                        )
+                    })
                     .collect();
                 s.push_str(&format!(" targets [{}]", t.join(", ")));
             }
@@ -185,12 +199,26 @@ impl Summary {
 
     /// Log the summary as one line; with JSON logs the whole summary rides along as a field.
     pub fn log(&self) {
-        let json = crate::logging::is_json().then(|| serde_json::to_string(self).ok()).flatten();
+        let json = crate::logging::is_json()
+            .then(|| serde_json::to_string(self).ok())
+            .flatten();
         let line = self.line();
         if self.outcome().is_normal() {
-            tracing::info!(outcome = self.outcome, exit_code = self.exit_code, seconds = self.seconds, summary = json, "{line}");
+            tracing::info!(
+                outcome = self.outcome,
+                exit_code = self.exit_code,
+                seconds = self.seconds,
+                summary = json,
+                "{line}"
+            );
         } else {
-            tracing::warn!(outcome = self.outcome, exit_code = self.exit_code, seconds = self.seconds, summary = json, "{line}");
+            tracing::warn!(
+                outcome = self.outcome,
+                exit_code = self.exit_code,
+                seconds = self.seconds,
+                summary = json,
+                "{line}"
+            );
         }
     }
 
@@ -221,7 +249,14 @@ pub fn truncate(s: &str, limit: usize) -> String {
 }
 
 /// Publish the summary as an Event on the pod. Failures are logged, never returned.
-pub async fn publish(client: kube::Client, summary: &Summary, namespace: &str, name: &str, uid: Option<String>, limit: Duration) {
+pub async fn publish(
+    client: kube::Client,
+    summary: &Summary,
+    namespace: &str,
+    name: &str,
+    uid: Option<String>,
+    limit: Duration,
+) {
     let recorder = Recorder::new(
         client,
         Reporter {
@@ -238,7 +273,11 @@ pub async fn publish(client: kube::Client, summary: &Summary, namespace: &str, n
         ..Default::default()
     };
     let event = Event {
-        type_: if summary.outcome().is_normal() { EventType::Normal } else { EventType::Warning },
+        type_: if summary.outcome().is_normal() {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
         reason: summary.outcome().reason().into(),
         note: Some(summary.note()),
         action: "PreStopDrain".into(),
@@ -252,7 +291,10 @@ pub async fn publish(client: kube::Client, summary: &Summary, namespace: &str, n
             crate::k8s::RULE_EVENTS
         ),
         Ok(Err(e)) => tracing::warn!("could not record the Event: {}", crate::k8s::message(&e)),
-        Err(_) => tracing::warn!("could not record the Event: no answer within {}", humantime::format_duration(limit)),
+        Err(_) => tracing::warn!(
+            "could not record the Event: no answer within {}",
+            humantime::format_duration(limit)
+        ),
     }
 }
 
@@ -284,15 +326,27 @@ mod tests {
                     format!("10.0.0.{i}"),
                     2746,
                 ),
-                TargetState { state: "draining".into(), reason: Some("Target.DeregistrationInProgress".into()) },
+                TargetState {
+                    state: "draining".into(),
+                    reason: Some("Target.DeregistrationInProgress".into()),
+                },
             );
         }
         aws.targets(&states);
         aws.see("waiting for 100 targets");
-        let s = Summary::new(Outcome::Deadline, start, "ns/p".into(), "deadline reached", &[ep, aws]);
+        let s = Summary::new(
+            Outcome::Deadline,
+            start,
+            "ns/p".into(),
+            "deadline reached",
+            &[ep, aws],
+        );
         let line = s.line();
         assert!(line.starts_with("deadline after"), "{line}");
-        assert!(line.contains("endpoints passed") && line.contains("aws pending"), "{line}");
+        assert!(
+            line.contains("endpoints passed") && line.contains("aws pending"),
+            "{line}"
+        );
         assert!(line.contains("10.0.0.1:2746@argo draining"), "{line}");
         assert!(s.note().len() <= NOTE_LIMIT);
         assert_eq!(s.exit_code, 1);

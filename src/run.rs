@@ -53,22 +53,40 @@ impl Signal {
 }
 
 /// Run one wait; `start` is process start, `signal` resolves on SIGINT/SIGTERM.
-pub async fn wait(settings: Settings, start: Instant, signal: impl Future<Output = Signal>) -> Summary {
+pub async fn wait(
+    settings: Settings,
+    start: Instant,
+    signal: impl Future<Output = Signal>,
+) -> Summary {
     tokio::pin!(signal);
     let fallback_at = start + settings.fallback_wait;
     let cap = start + settings.max_wait;
     let t = settings.request_timeout;
 
-    let Some(name) = pod::resolve_name(settings.pod_name.as_deref(), |k| std::env::var(k).ok()) else {
+    let Some(name) = pod::resolve_name(settings.pod_name.as_deref(), |k| std::env::var(k).ok())
+    else {
         let msg = "cannot tell which pod this is: set DRAINWAIT_POD_NAME (or POD_NAME) from the downward API (fieldRef metadata.name)";
-        return fall_back(msg, start, fallback_at.min(cap), "?".into(), &[], &mut signal).await;
+        return fall_back(
+            msg,
+            start,
+            fallback_at.min(cap),
+            "?".into(),
+            &[],
+            &mut signal,
+        )
+        .await;
     };
     let (client, kube_ns) = match k8s::client(t).await {
         Ok(c) => c,
         Err(e) => return fall_back(&e, start, fallback_at.min(cap), name, &[], &mut signal).await,
     };
     let sa_ns = std::fs::read_to_string(pod::SA_NAMESPACE_FILE).ok();
-    let namespace = pod::resolve_namespace(settings.pod_namespace.as_deref(), |k| std::env::var(k).ok(), sa_ns, &kube_ns);
+    let namespace = pod::resolve_namespace(
+        settings.pod_namespace.as_deref(),
+        |k| std::env::var(k).ok(),
+        sa_ns,
+        &kube_ns,
+    );
     let who = format!("{namespace}/{name}");
     tracing::debug!(pod = %who, "drainwait starting");
 
@@ -79,19 +97,43 @@ pub async fn wait(settings: Settings, start: Instant, signal: impl Future<Output
     };
     let pod = match got {
         Ok(p) => PodInfo::from_pod(&p, &namespace),
-        Err(CallError::NotFound(_)) => return finish(Outcome::PodGone, start, who, "the pod no longer exists: nothing to drain", &[], None).await,
+        Err(CallError::NotFound(_)) => {
+            return finish(
+                Outcome::PodGone,
+                start,
+                who,
+                "the pod no longer exists: nothing to drain",
+                &[],
+                None,
+            )
+            .await;
+        }
         Err(e) => {
             let msg = format!("cannot read pod {who}: {e}");
             return fall_back(&msg, start, fallback_at.min(cap), who, &[], &mut signal).await;
         }
     };
-    let events = settings.events.then(|| (client.clone(), pod.namespace.clone(), pod.me.name.clone(), pod.me.uid.clone()));
+    let events = settings.events.then(|| {
+        (
+            client.clone(),
+            pod.namespace.clone(),
+            pod.me.name.clone(),
+            pod.me.uid.clone(),
+        )
+    });
 
     if pod.deletion.is_none() && settings.if_not_deleting == IfNotDeleting::Exit {
         let msg = "the pod is not being deleted (container restart or node shutdown): exiting at once (DRAINWAIT_IF_NOT_DELETING=exit)";
         return finish(Outcome::NotDeleting, start, who, msg, &[], events).await;
     }
-    let deadline = pod::deadline(start, Instant::now(), jiff::Timestamp::now(), pod.deletion, settings.max_wait, settings.shutdown_reserve);
+    let deadline = pod::deadline(
+        start,
+        Instant::now(),
+        jiff::Timestamp::now(),
+        pod.deletion,
+        settings.max_wait,
+        settings.shutdown_reserve,
+    );
     if deadline <= Instant::now() {
         let msg = format!(
             "the grace period leaves no time: deletionTimestamp minus DRAINWAIT_SHUTDOWN_RESERVE ({}) has passed",
@@ -133,8 +175,13 @@ pub async fn wait(settings: Settings, start: Instant, signal: impl Future<Output
                 Ok(GateEnd::Skipped)
             }
             Discovered::Targets(targets) => {
-                tracing::info!(targets = targets.len(), "waiting for load balancer targets to drain");
-                aws::poll(&targets, &settings, &mut elb, &aws_progress).await.map(|()| GateEnd::Passed)
+                tracing::info!(
+                    targets = targets.len(),
+                    "waiting for load balancer targets to drain"
+                );
+                aws::poll(&targets, &settings, &mut elb, &aws_progress)
+                    .await
+                    .map(|()| GateEnd::Passed)
             }
         }
     });
@@ -159,12 +206,20 @@ pub async fn wait(settings: Settings, start: Instant, signal: impl Future<Output
 type EventTarget = Option<(kube::Client, String, String, Option<String>)>;
 
 /// Run a gate; when it fails, log why and wait until `fallback_at` instead.
-async fn gate(progress: &Progress, start: Instant, fallback_at: Instant, body: impl Future<Output = Result<GateEnd, String>>) -> GateEnd {
+async fn gate(
+    progress: &Progress,
+    start: Instant,
+    fallback_at: Instant,
+    body: impl Future<Output = Result<GateEnd, String>>,
+) -> GateEnd {
     let end = match body.await {
         Ok(end) => end,
         Err(reason) => {
             let gate = progress.snapshot().gate;
-            tracing::warn!(gate, "{gate} gate cannot read its signal: {reason}; falling back to DRAINWAIT_FALLBACK_WAIT");
+            tracing::warn!(
+                gate,
+                "{gate} gate cannot read its signal: {reason}; falling back to DRAINWAIT_FALLBACK_WAIT"
+            );
             progress.see(reason);
             sleep_until(fallback_at).await;
             GateEnd::Fallback
@@ -191,16 +246,37 @@ async fn fall_back(
 }
 
 fn interrupted(s: Signal, start: Instant, who: String, gates: &[Progress]) -> Summary {
-    let summary = Summary::new(s.outcome(), start, who, format!("received {}, exiting at once", s.name()), gates);
+    let summary = Summary::new(
+        s.outcome(),
+        start,
+        who,
+        format!("received {}, exiting at once", s.name()),
+        gates,
+    );
     summary.log();
     summary
 }
 
-async fn finish(outcome: Outcome, start: Instant, who: String, msg: &str, gates: &[Progress], events: EventTarget) -> Summary {
+async fn finish(
+    outcome: Outcome,
+    start: Instant,
+    who: String,
+    msg: &str,
+    gates: &[Progress],
+    events: EventTarget,
+) -> Summary {
     let summary = Summary::new(outcome, start, who, msg, gates);
     summary.log();
     if let Some((client, ns, name, uid)) = events {
-        report::publish(client, &summary, &ns, &name, uid, std::time::Duration::from_secs(2)).await;
+        report::publish(
+            client,
+            &summary,
+            &ns,
+            &name,
+            uid,
+            std::time::Duration::from_secs(2),
+        )
+        .await;
     }
     summary
 }

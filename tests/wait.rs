@@ -26,38 +26,66 @@ async fn drains_when_the_endpoint_flips_then_settles() {
     });
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     // Flip at 0.7 s + settle 0.2 s; well under the 25 s the grace period allows.
-    assert!(run.elapsed >= ms(900), "exited before flip + settle: {:?}", run.elapsed);
+    assert!(
+        run.elapsed >= ms(900),
+        "exited before flip + settle: {:?}",
+        run.elapsed
+    );
     assert!(run.elapsed < Duration::from_secs(8), "{:?}", run.elapsed);
     assert!(run.stderr.contains("drained after"), "{}", run.stderr);
     assert_eq!(w.event_reasons(), vec!["Drained"]);
     let ev = &w.kube.events()[0];
     assert_eq!(ev["type"], "Normal");
     assert_eq!(ev["regarding"]["uid"], UID);
-    assert!(ev["note"].as_str().unwrap_or_default().contains("endpoints passed"), "{ev}");
+    assert!(
+        ev["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("endpoints passed"),
+        "{ev}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn already_out_at_start_passes_after_the_settle() {
     let w = World::new().await;
     w.flip_endpoint();
-    let run = w.run(&["wait"], &[LB_NONE, ("DRAINWAIT_ENDPOINTS_SETTLE", "1s")]).await;
+    let run = w
+        .run(&["wait"], &[LB_NONE, ("DRAINWAIT_ENDPOINTS_SETTLE", "1s")])
+        .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.elapsed >= Duration::from_secs(1), "settle counted from first seen out: {:?}", run.elapsed);
+    assert!(
+        run.elapsed >= Duration::from_secs(1),
+        "settle counted from first seen out: {:?}",
+        run.elapsed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_filter_uses_a_label_selector() {
     let w = World::new().await;
-    let (run, ()) = tokio::join!(w.run(&[], &[LB_NONE, ("DRAINWAIT_SERVICES", "argo-server,other")]), async {
-        sleep(ms(400)).await;
-        w.flip_endpoint();
-    });
+    let (run, ()) = tokio::join!(
+        w.run(&[], &[LB_NONE, ("DRAINWAIT_SERVICES", "argo-server,other")]),
+        async {
+            sleep(ms(400)).await;
+            w.flip_endpoint();
+        }
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let lists: Vec<_> = w.kube.requests().into_iter().filter(|r| r.path.contains("endpointslices")).collect();
+    let lists: Vec<_> = w
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("endpointslices"))
+        .collect();
     assert!(!lists.is_empty());
     assert!(
-        lists.iter().all(|r| r.query.contains("labelSelector=kubernetes.io%2Fservice-name+in+%28argo-server%2Cother%29")
-            || r.query.contains("labelSelector=kubernetes.io%2Fservice-name%20in%20%28argo-server%2Cother%29")),
+        lists.iter().all(|r| r
+            .query
+            .contains("labelSelector=kubernetes.io%2Fservice-name+in+%28argo-server%2Cother%29")
+            || r.query.contains(
+                "labelSelector=kubernetes.io%2Fservice-name%20in%20%28argo-server%2Cother%29"
+            )),
         "{lists:?}"
     );
 }
@@ -73,7 +101,16 @@ async fn not_deleting_exits_at_once_or_waits_when_asked() {
     assert_eq!(w.event_reasons(), vec!["NotDeleting"]);
 
     // DRAINWAIT_IF_NOT_DELETING=wait: waits as usual, here until MAX_WAIT.
-    let run = w.run(&[], &[LB_NONE, ("DRAINWAIT_IF_NOT_DELETING", "wait"), ("DRAINWAIT_MAX_WAIT", "1500ms")]).await;
+    let run = w
+        .run(
+            &[],
+            &[
+                LB_NONE,
+                ("DRAINWAIT_IF_NOT_DELETING", "wait"),
+                ("DRAINWAIT_MAX_WAIT", "1500ms"),
+            ],
+        )
+        .await;
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.elapsed >= ms(1500), "{:?}", run.elapsed);
 }
@@ -96,7 +133,11 @@ async fn deadline_already_past_exits_one_at_once() {
     let run = w.run(&[], &[LB_NONE]).await;
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.elapsed < Duration::from_secs(4), "{:?}", run.elapsed);
-    assert!(run.stderr.contains("DRAINWAIT_SHUTDOWN_RESERVE"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("DRAINWAIT_SHUTDOWN_RESERVE"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(w.event_reasons(), vec!["DrainDeadlineReached"]);
 }
 
@@ -107,33 +148,71 @@ async fn deadline_from_grace_period_names_pending_gates() {
     w.kube.mark_deleting(NS, POD, Duration::from_secs(7));
     let run = w.run(&[], &[LB_NONE]).await;
     assert_eq!(run.code, Some(1), "{}", run.stderr);
-    assert!(run.elapsed >= ms(1500) && run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
-    assert!(run.stderr.contains("gates pending: endpoints"), "{}", run.stderr);
-    assert!(run.stderr.contains("in rotation via argo-server"), "{}", run.stderr);
+    assert!(
+        run.elapsed >= ms(1500) && run.elapsed < Duration::from_secs(5),
+        "{:?}",
+        run.elapsed
+    );
+    assert!(
+        run.stderr.contains("gates pending: endpoints"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("in rotation via argo-server"),
+        "{}",
+        run.stderr
+    );
     let ev = &w.kube.events()[0];
-    assert_eq!((ev["type"].as_str(), ev["reason"].as_str()), (Some("Warning"), Some("DrainDeadlineReached")));
+    assert_eq!(
+        (ev["type"].as_str(), ev["reason"].as_str()),
+        (Some("Warning"), Some("DrainDeadlineReached"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_value_waits_the_fallback_then_exits_two() {
     let w = World::new().await;
-    let run = w.run(&[], &[("DRAINWAIT_MAX_WAIT", "forever"), ("DRAINWAIT_FALLBACK_WAIT", "1s")]).await;
+    let run = w
+        .run(
+            &[],
+            &[
+                ("DRAINWAIT_MAX_WAIT", "forever"),
+                ("DRAINWAIT_FALLBACK_WAIT", "1s"),
+            ],
+        )
+        .await;
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(run.elapsed >= Duration::from_secs(1), "{:?}", run.elapsed);
-    assert!(run.stderr.contains("DRAINWAIT_MAX_WAIT") && run.stderr.contains("\"forever\"") && run.stderr.contains("1m30s"), "{}", run.stderr);
-    assert!(w.kube.requests().is_empty(), "nothing asked of the API with a bad config");
+    assert!(
+        run.stderr.contains("DRAINWAIT_MAX_WAIT")
+            && run.stderr.contains("\"forever\"")
+            && run.stderr.contains("1m30s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        w.kube.requests().is_empty(),
+        "nothing asked of the API with a bad config"
+    );
 
     // The fallback wait itself invalid: its default (30 s) applies; SIGTERM ends it early with 143.
     let run = w
         .run_with(&[], &[("DRAINWAIT_FALLBACK_WAIT", "soon")], |pid| {
             std::thread::spawn(move || {
                 std::thread::sleep(ms(1500));
-                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
             });
         })
         .await;
     assert_eq!(run.code, Some(143), "{}", run.stderr);
-    assert!(run.elapsed >= ms(1500) && run.elapsed < Duration::from_secs(20), "{:?}", run.elapsed);
+    assert!(
+        run.elapsed >= ms(1500) && run.elapsed < Duration::from_secs(20),
+        "{:?}",
+        run.elapsed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,13 +228,29 @@ async fn usage_errors_exit_two_at_once() {
 async fn forbidden_endpointslices_fall_back_with_the_missing_rule() {
     let w = World::new().await;
     w.kube.deny("list", "discovery.k8s.io", "endpointslices");
-    let run = w.run(&[], &[LB_NONE, ("DRAINWAIT_FALLBACK_WAIT", "1500ms")]).await;
+    let run = w
+        .run(&[], &[LB_NONE, ("DRAINWAIT_FALLBACK_WAIT", "1500ms")])
+        .await;
     assert_eq!(run.code, Some(1), "{}", run.stderr);
-    assert!(run.elapsed >= ms(1500) && run.elapsed < Duration::from_secs(6), "{:?}", run.elapsed);
-    assert!(run.stderr.contains(r#"resources: ["endpointslices"], verbs: ["list", "watch"]"#), "{}", run.stderr);
+    assert!(
+        run.elapsed >= ms(1500) && run.elapsed < Duration::from_secs(6),
+        "{:?}",
+        run.elapsed
+    );
+    assert!(
+        run.stderr
+            .contains(r#"resources: ["endpointslices"], verbs: ["list", "watch"]"#),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("fallback after"), "{}", run.stderr);
     // Not retried forever: a 403 is final.
-    let lists = w.kube.requests().iter().filter(|r| r.path.contains("endpointslices")).count();
+    let lists = w
+        .kube
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("endpointslices"))
+        .count();
     assert!(lists <= 2, "403 retried {lists} times");
     assert_eq!(w.event_reasons(), vec!["DrainFallback"]);
 }
@@ -164,10 +259,17 @@ async fn forbidden_endpointslices_fall_back_with_the_missing_rule() {
 async fn forbidden_pod_get_falls_back() {
     let w = World::new().await;
     w.kube.deny("get", "", "pods");
-    let run = w.run(&[], &[LB_NONE, ("DRAINWAIT_FALLBACK_WAIT", "1s")]).await;
+    let run = w
+        .run(&[], &[LB_NONE, ("DRAINWAIT_FALLBACK_WAIT", "1s")])
+        .await;
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.elapsed >= Duration::from_secs(1));
-    assert!(run.stderr.contains(r#"resources: ["pods"], verbs: ["get"]"#), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(r#"resources: ["pods"], verbs: ["get"]"#),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,34 +279,73 @@ async fn api_down_falls_back_never_worse_than_a_sleep() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = dead.local_addr().expect("addr").port();
     drop(dead);
-    let cfg = w.kube.kubeconfig_yaml(NS).replace(&w.kube.url(), &format!("http://127.0.0.1:{port}"));
+    let cfg = w
+        .kube
+        .kubeconfig_yaml(NS)
+        .replace(&w.kube.url(), &format!("http://127.0.0.1:{port}"));
     w.kubeconfig = w.dir.path().join("dead-kubeconfig");
     std::fs::write(&w.kubeconfig, cfg).expect("write");
-    let run = w.run(&[], &[LB_NONE, ("DRAINWAIT_FALLBACK_WAIT", "1500ms")]).await;
+    let run = w
+        .run(&[], &[LB_NONE, ("DRAINWAIT_FALLBACK_WAIT", "1500ms")])
+        .await;
     assert_eq!(run.code, Some(1), "{}", run.stderr);
-    assert!(run.elapsed >= ms(1400) && run.elapsed < Duration::from_secs(6), "{:?}", run.elapsed);
+    assert!(
+        run.elapsed >= ms(1400) && run.elapsed < Duration::from_secs(6),
+        "{:?}",
+        run.elapsed
+    );
     assert!(run.stderr.contains("cannot read pod"), "{}", run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_errors_hangs_and_watch_faults_are_survived() {
     let w = World::new().await;
-    w.kube.inject(Fault::new("/pods/", FaultKind::Status(500)).times(2));
-    w.kube.inject(Fault::new("endpointslices", FaultKind::Hang).watch(false).times(1));
-    w.kube.inject(Fault::new("endpointslices", FaultKind::Status(503)).watch(false).times(2));
-    w.kube.inject(Fault::new("endpointslices", FaultKind::DropWatch).watch(true).times(1));
-    w.kube.inject(Fault::new("endpointslices", FaultKind::GoneInStream).watch(true).times(1));
+    w.kube
+        .inject(Fault::new("/pods/", FaultKind::Status(500)).times(2));
+    w.kube.inject(
+        Fault::new("endpointslices", FaultKind::Hang)
+            .watch(false)
+            .times(1),
+    );
+    w.kube.inject(
+        Fault::new("endpointslices", FaultKind::Status(503))
+            .watch(false)
+            .times(2),
+    );
+    w.kube.inject(
+        Fault::new("endpointslices", FaultKind::DropWatch)
+            .watch(true)
+            .times(1),
+    );
+    w.kube.inject(
+        Fault::new("endpointslices", FaultKind::GoneInStream)
+            .watch(true)
+            .times(1),
+    );
     let (run, ()) = tokio::join!(w.run(&[], &[LB_NONE]), async {
         sleep(Duration::from_secs(3)).await;
         w.flip_endpoint();
     });
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.elapsed >= ms(3200) && run.elapsed < Duration::from_secs(12), "{:?}", run.elapsed);
+    assert!(
+        run.elapsed >= ms(3200) && run.elapsed < Duration::from_secs(12),
+        "{:?}",
+        run.elapsed
+    );
     let reqs = w.kube.requests();
-    let pod_gets = reqs.iter().filter(|r| r.path.ends_with(&format!("/pods/{POD}"))).count();
+    let pod_gets = reqs
+        .iter()
+        .filter(|r| r.path.ends_with(&format!("/pods/{POD}")))
+        .count();
     assert_eq!(pod_gets, 3, "two 500s then success");
-    let lists = reqs.iter().filter(|r| r.path.contains("endpointslices") && !r.query.contains("watch=")).count();
-    assert!(lists >= 4, "hang, two 503s, then a good list; the 410 relists: {lists}");
+    let lists = reqs
+        .iter()
+        .filter(|r| r.path.contains("endpointslices") && !r.query.contains("watch="))
+        .count();
+    assert!(
+        lists >= 4,
+        "hang, two 503s, then a good list; the 410 relists: {lists}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,13 +356,20 @@ async fn signals_exit_at_once_with_130_and_143() {
             .run_with(&[], &[LB_NONE], |pid| {
                 std::thread::spawn(move || {
                     std::thread::sleep(ms(1000));
-                    let _ = std::process::Command::new("kill").args([sig, &pid.to_string()]).status();
+                    let _ = std::process::Command::new("kill")
+                        .args([sig, &pid.to_string()])
+                        .status();
                 });
             })
             .await;
         assert_eq!(run.code, Some(code), "{sig}: {}", run.stderr);
         assert!(run.elapsed < Duration::from_secs(4), "{:?}", run.elapsed);
-        assert!(run.stderr.contains(if code == 130 { "SIGINT" } else { "SIGTERM" }), "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(if code == 130 { "SIGINT" } else { "SIGTERM" }),
+            "{}",
+            run.stderr
+        );
     }
 }
 
@@ -229,27 +377,58 @@ async fn signals_exit_at_once_with_130_and_143() {
 async fn aws_target_draining_then_lb_settle() {
     let w = World::new().await;
     w.bind_target_group();
-    w.elb.schedule(TG, IP, PORT, vec![(ms(1500), "draining".into(), Some("Target.DeregistrationInProgress".into()))]);
+    w.elb.schedule(
+        TG,
+        IP,
+        PORT,
+        vec![(
+            ms(1500),
+            "draining".into(),
+            Some("Target.DeregistrationInProgress".into()),
+        )],
+    );
     let (run, ()) = tokio::join!(w.run(&[], &[]), async {
         sleep(ms(500)).await;
         w.flip_endpoint();
     });
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     // Draining at 1.5 s (+ up to one poll) + LB settle 0.3 s.
-    assert!(run.elapsed >= ms(1800) && run.elapsed < Duration::from_secs(8), "{:?}", run.elapsed);
-    let calls: Vec<_> = w.elb.requests().into_iter().filter(|r| r.action == "DescribeTargetHealth").collect();
+    assert!(
+        run.elapsed >= ms(1800) && run.elapsed < Duration::from_secs(8),
+        "{:?}",
+        run.elapsed
+    );
+    let calls: Vec<_> = w
+        .elb
+        .requests()
+        .into_iter()
+        .filter(|r| r.action == "DescribeTargetHealth")
+        .collect();
     assert!(!calls.is_empty());
     for c in &calls {
         assert_eq!(c.target_group_arn.as_deref(), Some(TG));
-        assert_eq!(c.targets, vec![(IP.to_string(), Some(PORT))], "exactly this pod's target");
+        assert_eq!(
+            c.targets,
+            vec![(IP.to_string(), Some(PORT))],
+            "exactly this pod's target"
+        );
         assert!(c.authorization_present, "signed request");
     }
     // Stops polling once the target is out: one poll every ~100 ms for ~1.6 s, not more.
     assert!(calls.len() < 40, "{} calls", calls.len());
     assert!(run.stderr.contains("aws passed"), "{}", run.stderr);
-    assert!(run.stderr.contains("10.1.2.3:2746@argo draining"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("10.1.2.3:2746@argo draining"),
+        "{}",
+        run.stderr
+    );
     // The Service port was read to map serviceRef.port 80 → "web" → 2746.
-    assert!(w.kube.requests().iter().any(|r| r.path.ends_with(&format!("/services/{SVC}"))));
+    assert!(
+        w.kube
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with(&format!("/services/{SVC}")))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,10 +445,22 @@ async fn aws_name_lookup_named_port_and_instance_bindings() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(run.stderr.contains("instance targets"), "{}", run.stderr);
     let reqs = w.elb.requests();
-    assert!(reqs.iter().any(|r| r.action == "DescribeTargetGroups" && r.names == vec!["argo".to_string()]));
-    assert!(reqs.iter().filter(|r| r.action == "DescribeTargetHealth").all(|r| r.targets == vec![(IP.to_string(), Some(PORT))]));
+    assert!(
+        reqs.iter()
+            .any(|r| r.action == "DescribeTargetGroups" && r.names == vec!["argo".to_string()])
+    );
+    assert!(
+        reqs.iter()
+            .filter(|r| r.action == "DescribeTargetHealth")
+            .all(|r| r.targets == vec![(IP.to_string(), Some(PORT))])
+    );
     // Named serviceRef.port needs no Service read.
-    assert!(!w.kube.requests().iter().any(|r| r.path.contains("/services/")));
+    assert!(
+        !w.kube
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("/services/"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,16 +472,41 @@ async fn aws_explicit_arns_and_invalid_target_asked_alone() {
     w.elb.register(TG, IP, PORT);
     w.elb.register(tg2, IP, PORT);
     w.elb.register(tg2, "10.1.2.3", 9999);
-    w.elb.set_state(TG, IP, PORT, "draining", Some("Target.DeregistrationInProgress"));
-    w.elb.set_state(tg2, IP, PORT, "unused", Some("Target.NotRegistered"));
+    w.elb.set_state(
+        TG,
+        IP,
+        PORT,
+        "draining",
+        Some("Target.DeregistrationInProgress"),
+    );
+    w.elb
+        .set_state(tg2, IP, PORT, "unused", Some("Target.NotRegistered"));
     w.flip_endpoint();
     let arns = format!("{TG},{tg2}");
-    let run = w.run(&[], &[("DRAINWAIT_AWS_TARGET_GROUP_ARNS", &arns), ("DRAINWAIT_LB", "aws")]).await;
+    let run = w
+        .run(
+            &[],
+            &[
+                ("DRAINWAIT_AWS_TARGET_GROUP_ARNS", &arns),
+                ("DRAINWAIT_LB", "aws"),
+            ],
+        )
+        .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let groups: std::collections::BTreeSet<_> = w.elb.requests().iter().filter_map(|r| r.target_group_arn.clone()).collect();
+    let groups: std::collections::BTreeSet<_> = w
+        .elb
+        .requests()
+        .iter()
+        .filter_map(|r| r.target_group_arn.clone())
+        .collect();
     assert_eq!(groups.len(), 2);
     // Port from the pod's only EndpointSlice port.
-    assert!(w.elb.requests().iter().all(|r| r.targets.iter().all(|t| t.1 == Some(PORT))));
+    assert!(
+        w.elb
+            .requests()
+            .iter()
+            .all(|r| r.targets.iter().all(|t| t.1 == Some(PORT)))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,21 +515,50 @@ async fn aws_invalid_target_is_out_when_asked_alone() {
     w.bind_target_group();
     w.elb.set_invalid_targets(&[IP]);
     w.flip_endpoint();
-    let run = w.run(&[], &[("DRAINWAIT_AWS_TARGET_GROUP_ARNS", TG), ("DRAINWAIT_AWS_TARGET_PORT", "8080")]).await;
+    let run = w
+        .run(
+            &[],
+            &[
+                ("DRAINWAIT_AWS_TARGET_GROUP_ARNS", TG),
+                ("DRAINWAIT_AWS_TARGET_PORT", "8080"),
+            ],
+        )
+        .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     // Two targets (binding's 2746 and explicit 8080) in one call → InvalidTarget → one call each.
-    let calls: Vec<_> = w.elb.requests().into_iter().filter(|r| r.action == "DescribeTargetHealth").collect();
-    assert!(calls.iter().any(|c| c.targets.len() == 2 && c.outcome == "InvalidTarget"), "{calls:?}");
-    assert!(calls.iter().filter(|c| c.targets.len() == 1).count() >= 2, "{calls:?}");
+    let calls: Vec<_> = w
+        .elb
+        .requests()
+        .into_iter()
+        .filter(|r| r.action == "DescribeTargetHealth")
+        .collect();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.targets.len() == 2 && c.outcome == "InvalidTarget"),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().filter(|c| c.targets.len() == 1).count() >= 2,
+        "{calls:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_throttling_backs_off_and_still_drains() {
     let w = World::new().await;
     w.bind_target_group();
-    w.elb.set_rate_limit(Some(TokenBucket { burst: 3.0, refill_per_sec: 2.0 }));
-    w.elb.inject(ElbFault { action: Some("DescribeTargetHealth".into()), kind: ElbFaultKind::Throttling, times: 2 });
-    w.elb.schedule(TG, IP, PORT, vec![(ms(2500), "draining".into(), None)]);
+    w.elb.set_rate_limit(Some(TokenBucket {
+        burst: 3.0,
+        refill_per_sec: 2.0,
+    }));
+    w.elb.inject(ElbFault {
+        action: Some("DescribeTargetHealth".into()),
+        kind: ElbFaultKind::Throttling,
+        times: 2,
+    });
+    w.elb
+        .schedule(TG, IP, PORT, vec![(ms(2500), "draining".into(), None)]);
     w.flip_endpoint();
     let run = w.run(&[], &[]).await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -327,22 +572,45 @@ async fn aws_throttling_backs_off_and_still_drains() {
 async fn aws_target_group_not_found_falls_back() {
     let w = World::new().await;
     w.bind_target_group();
-    w.elb.inject(ElbFault { action: Some("DescribeTargetHealth".into()), kind: ElbFaultKind::TargetGroupNotFound, times: 1 });
+    w.elb.inject(ElbFault {
+        action: Some("DescribeTargetHealth".into()),
+        kind: ElbFaultKind::TargetGroupNotFound,
+        times: 1,
+    });
     w.flip_endpoint();
     let run = w.run(&[], &[("DRAINWAIT_FALLBACK_WAIT", "1500ms")]).await;
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.elapsed >= ms(1500), "{:?}", run.elapsed);
-    assert!(run.stderr.contains("TargetGroupNotFound") && run.stderr.contains("DRAINWAIT_AWS_TARGET_GROUP_ARNS"), "{}", run.stderr);
-    assert!(run.stderr.contains("endpoints passed") && run.stderr.contains("aws fallback"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("TargetGroupNotFound")
+            && run.stderr.contains("DRAINWAIT_AWS_TARGET_GROUP_ARNS"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("endpoints passed") && run.stderr.contains("aws fallback"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_mode_without_targets_says_what_to_set() {
     let w = World::new().await;
     w.flip_endpoint();
-    let run = w.run(&[], &[("DRAINWAIT_LB", "aws"), ("DRAINWAIT_FALLBACK_WAIT", "1s")]).await;
+    let run = w
+        .run(
+            &[],
+            &[("DRAINWAIT_LB", "aws"), ("DRAINWAIT_FALLBACK_WAIT", "1s")],
+        )
+        .await;
     assert_eq!(run.code, Some(1), "{}", run.stderr);
-    assert!(run.stderr.contains("DRAINWAIT_LB=aws but") && run.stderr.contains("DRAINWAIT_AWS_TARGET_GROUP_ARNS"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("DRAINWAIT_LB=aws but")
+            && run.stderr.contains("DRAINWAIT_AWS_TARGET_GROUP_ARNS"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,16 +630,31 @@ async fn json_logs_are_one_object_per_line_and_secrets_never_appear() {
     w.bind_target_group();
     w.elb.set_state(TG, IP, PORT, "draining", None);
     w.flip_endpoint();
-    let run = w.run(&[], &[("DRAINWAIT_LOG_FORMAT", "json"), ("DRAINWAIT_LOG", "trace")]).await;
+    let run = w
+        .run(
+            &[],
+            &[("DRAINWAIT_LOG_FORMAT", "json"), ("DRAINWAIT_LOG", "trace")],
+        )
+        .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert!(lines.len() > 3);
     for l in &lines {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
         assert!(v.get("level").is_some(), "{l}");
     }
-    for secret in ["sim-token", "sim-secret-key-do-not-print", "sim-session-token-do-not-print", "Authorization", "X-Amz-Security-Token"] {
-        assert!(!run.stderr.to_lowercase().contains(&secret.to_lowercase()), "{secret} leaked");
+    for secret in [
+        "sim-token",
+        "sim-secret-key-do-not-print",
+        "sim-session-token-do-not-print",
+        "Authorization",
+        "X-Amz-Security-Token",
+    ] {
+        assert!(
+            !run.stderr.to_lowercase().contains(&secret.to_lowercase()),
+            "{secret} leaked"
+        );
     }
     assert!(run.stdout.is_empty(), "wait writes nothing to stdout");
 }
@@ -383,7 +666,11 @@ async fn event_failures_never_change_the_exit_code() {
     w.flip_endpoint();
     let run = w.run(&[], &[LB_NONE]).await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stderr.contains("could not record the Event") && run.stderr.contains("events.k8s.io"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("could not record the Event") && run.stderr.contains("events.k8s.io"),
+        "{}",
+        run.stderr
+    );
 
     let w = World::new().await;
     w.flip_endpoint();
@@ -396,10 +683,30 @@ async fn event_failures_never_change_the_exit_code() {
 async fn identity_from_pod_name_fallbacks() {
     let w = World::new().await;
     w.flip_endpoint();
-    let run = w.run(&[], &[LB_NONE, ("DRAINWAIT_POD_NAME", ""), ("POD_NAME", POD)]).await;
+    let run = w
+        .run(
+            &[],
+            &[LB_NONE, ("DRAINWAIT_POD_NAME", ""), ("POD_NAME", POD)],
+        )
+        .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let run = w.run(&[], &[LB_NONE, ("DRAINWAIT_POD_NAME", ""), ("HOSTNAME", POD), ("DRAINWAIT_POD_NAMESPACE", "")]).await;
-    assert_eq!(run.code, Some(0), "namespace from the kubeconfig context: {}", run.stderr);
+    let run = w
+        .run(
+            &[],
+            &[
+                LB_NONE,
+                ("DRAINWAIT_POD_NAME", ""),
+                ("HOSTNAME", POD),
+                ("DRAINWAIT_POD_NAMESPACE", ""),
+            ],
+        )
+        .await;
+    assert_eq!(
+        run.code,
+        Some(0),
+        "namespace from the kubeconfig context: {}",
+        run.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,10 +714,15 @@ async fn install_copies_the_binary() {
     let w = World::new().await;
     let dir = w.dir.path().join("bin");
     for _ in 0..2 {
-        let run = w.run(&["install", dir.to_str().unwrap_or_default()], &[]).await;
+        let run = w
+            .run(&["install", dir.to_str().unwrap_or_default()], &[])
+            .await;
         assert_eq!(run.code, Some(0), "{}", run.stderr);
     }
     let installed = dir.join("drainwait");
-    let out = std::process::Command::new(&installed).arg("--version").output().expect("run installed");
+    let out = std::process::Command::new(&installed)
+        .arg("--version")
+        .output()
+        .expect("run installed");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("drainwait "));
 }

@@ -18,7 +18,8 @@ pub const UID: &str = "3f0c1b9e-0000-4000-8000-000000000001";
 pub const IP: &str = "10.1.2.3";
 pub const SVC: &str = "argo-server";
 pub const PORT: u16 = 2746;
-pub const TG: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/argo/0123456789abcdef";
+pub const TG: &str =
+    "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/argo/0123456789abcdef";
 
 /// The fakes plus a kubeconfig pointing at the fake API server.
 pub struct World {
@@ -40,19 +41,25 @@ impl World {
         kube.mark_deleting(NS, POD, Duration::from_secs(30));
         kube.put_service(service());
         kube.put_endpoint_slice(slice(true, false));
-        World { kube, elb, dir, kubeconfig }
+        World {
+            kube,
+            elb,
+            dir,
+            kubeconfig,
+        }
     }
 
     /// Take the pod out of rotation the way the EndpointSlice controller does.
     pub fn flip_endpoint(&self) {
-        self.kube.update_endpoint_slice(NS, "argo-server-abc12", |s| {
-            for ep in &mut s.endpoints {
-                let c = ep.conditions.get_or_insert_with(Default::default);
-                c.ready = Some(false);
-                c.serving = Some(true);
-                c.terminating = Some(true);
-            }
-        });
+        self.kube
+            .update_endpoint_slice(NS, "argo-server-abc12", |s| {
+                for ep in &mut s.endpoints {
+                    let c = ep.conditions.get_or_insert_with(Default::default);
+                    c.ready = Some(false);
+                    c.serving = Some(true);
+                    c.terminating = Some(true);
+                }
+            });
     }
 
     /// An ip-type TargetGroupBinding for the Service, by port number.
@@ -72,7 +79,12 @@ impl World {
     }
 
     /// Like [`World::run`], with access to the child (e.g. to signal it).
-    pub async fn run_with(&self, args: &[&str], extra: &[(&str, &str)], with_child: impl FnOnce(u32)) -> Run {
+    pub async fn run_with(
+        &self,
+        args: &[&str],
+        extra: &[(&str, &str)],
+        with_child: impl FnOnce(u32),
+    ) -> Run {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drainwait"));
         cmd.args(args)
             .env_clear()
