@@ -530,7 +530,7 @@ mod tests {
                 None,
             )],
         );
-        let mine = my_endpoints(&[s.clone()], &me());
+        let mine = my_endpoints(std::slice::from_ref(&s), &me());
         assert_eq!(pod_port(&mine, "argo", "web"), Ok(2746));
         assert!(pod_port(&mine, "argo", "grpc").is_err());
         assert!(pod_port(&mine, "other", "web").is_err());

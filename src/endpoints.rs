@@ -41,17 +41,37 @@ pub fn selector(services: &[String]) -> Option<String> {
     (!services.is_empty()).then(|| format!("{SERVICE_NAME_LABEL} in ({})", services.join(",")))
 }
 
+/// What the endpoints gate watches and how long it settles.
+pub struct Gate<'a> {
+    /// API client.
+    pub client: kube::Client,
+    /// The pod's namespace.
+    pub namespace: &'a str,
+    /// The pod.
+    pub me: &'a Me,
+    /// `DRAINWAIT_SERVICES` (empty: all).
+    pub services: &'a [String],
+    /// `DRAINWAIT_ENDPOINTS_SETTLE`.
+    pub settle: Duration,
+    /// `DRAINWAIT_REQUEST_TIMEOUT`: bounds the wait for a list answer.
+    pub request_timeout: Duration,
+}
+
 /// Run the gate until it passes, or fails with a reason (then the caller falls back).
+/// Every synced view of this pod's endpoints is sent on `publish`.
 pub async fn run(
-    client: kube::Client,
-    namespace: &str,
-    me: &Me,
-    services: &[String],
-    settle: Duration,
-    request_timeout: Duration,
+    gate: Gate<'_>,
     progress: &Progress,
     publish: watch::Sender<Option<Arc<Vec<MyEndpoint>>>>,
 ) -> Result<(), String> {
+    let Gate {
+        client,
+        namespace,
+        me,
+        services,
+        settle,
+        request_timeout,
+    } = gate;
     let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
     let mut config = watcher::Config::default().timeout(k8s::WATCH_TIMEOUT_SECS);
     if let Some(sel) = selector(services) {

@@ -324,7 +324,7 @@ mod tests {
             RULE_PODS,
             Duration::from_millis(300),
             start + Duration::from_secs(3),
-            || std::future::pending::<Result<(), kube::Error>>(),
+            std::future::pending::<Result<(), kube::Error>>,
         )
         .await;
         assert!(matches!(r, Err(CallError::GaveUp { .. })));

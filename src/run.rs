@@ -149,18 +149,17 @@ pub async fn wait(
     let (view_tx, view_rx) = watch::channel(None);
 
     let ep_gate = gate(&ep_progress, start, fallback_at, async {
-        endpoints::run(
-            client.clone(),
-            &pod.namespace,
-            &pod.me,
-            &settings.services,
-            settings.endpoints_settle,
-            t,
-            &ep_progress,
-            view_tx,
-        )
-        .await
-        .map(|()| GateEnd::Passed)
+        let gate = endpoints::Gate {
+            client: client.clone(),
+            namespace: &pod.namespace,
+            me: &pod.me,
+            services: &settings.services,
+            settle: settings.endpoints_settle,
+            request_timeout: t,
+        };
+        endpoints::run(gate, &ep_progress, view_tx)
+            .await
+            .map(|()| GateEnd::Passed)
     });
     let aws_gate = gate(&aws_progress, start, fallback_at, async {
         if settings.lb == LbMode::None {
