@@ -462,7 +462,7 @@ def main() -> int:
     check("values-baked-image.yaml: preStop path == Dockerfile COPY destination", t_argo_baked_image)
     check("iam-policy.json grants exactly the two Describe actions", t_iam_policy)
 
-    print(f"chart tests: {passed} passed, {len(failures)} failed")
+    print(f"chart-tests: {passed} passed, {len(failures)} failed")
     return 1 if failures else 0
 
 

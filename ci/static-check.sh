@@ -49,11 +49,7 @@ else
   step "chroot DIR /drainwait --help"
   chroot "$root" /drainwait --help || fail "--help exited $?"
 
-  # `install` finds its own file through /proc/self/exe, which every container
-  # has; an empty chroot has no /proc, so give it one (nothing else).
-  mkdir "$root/proc"
-  mount -t proc proc "$root/proc" || fail "cannot mount /proc in the chroot"
-
+  # No /proc in the chroot: install falls back to argv[0] to find itself.
   step "chroot DIR /drainwait install /bin2"
   chroot "$root" /drainwait install /bin2 || fail "install /bin2 exited $?"
   [ -f "$root/bin2/drainwait" ] || fail "install did not create /bin2/drainwait"

@@ -10,6 +10,18 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+/// This executable: `/proc/self/exe`, else `argv[0]` when it is a path
+/// (a bare chroot or a scratch image without /proc mounted).
+pub fn own_executable() -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .filter(|p| p.exists())
+        .or_else(|| {
+            let arg0 = PathBuf::from(std::env::args_os().next()?);
+            (arg0.components().count() > 1 && arg0.is_file()).then_some(arg0)
+        })
+}
+
 /// Copy `exe` to `dir/drainwait`; returns the installed path.
 pub fn install(exe: &Path, dir: &Path) -> io::Result<PathBuf> {
     fs::create_dir_all(dir).map_err(|e| with_path(e, "create directory", dir))?;

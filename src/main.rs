@@ -83,12 +83,12 @@ async fn signal() -> Signal {
 }
 
 fn install_cmd(dir: &std::path::Path) -> ExitCode {
-    let exe = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("drainwait install: cannot find this executable: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(exe) = install::own_executable() else {
+        eprintln!(
+            "drainwait install: cannot find this executable (no /proc/self/exe and no path in argv[0]); run it by its full path, e.g. /drainwait install {}",
+            dir.display()
+        );
+        return ExitCode::from(1);
     };
     match install::install(&exe, dir) {
         Ok(p) => {
