@@ -25,7 +25,8 @@ const NS: &str = "argo";
 const POD: &str = "argo-server-0";
 const UID: &str = "uid-0";
 const IP: &str = "10.1.2.3";
-const TG: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/argo/0123456789abcdef";
+const TG: &str =
+    "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/argo/0123456789abcdef";
 
 struct World {
     kube: FakeKube,
@@ -48,7 +49,8 @@ async fn world() -> Result<World, Box<dyn std::error::Error>> {
     let elb = FakeElb::start().await?;
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = Scratch(std::env::temp_dir().join(format!("drainwait-bench-{}-{n}", std::process::id())));
+    let dir =
+        Scratch(std::env::temp_dir().join(format!("drainwait-bench-{}-{n}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
     let kubeconfig = dir.0.join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig, NS)?;
@@ -67,7 +69,12 @@ async fn world() -> Result<World, Box<dyn std::error::Error>> {
         "ports": [{"name": "web", "port": 2746}],
         "endpoints": [{"addresses": [IP], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": POD, "uid": UID}}]
     }))?);
-    Ok(World { kube, elb, dir, kubeconfig })
+    Ok(World {
+        kube,
+        elb,
+        dir,
+        kubeconfig,
+    })
 }
 
 fn flip(w: &World) {
@@ -129,7 +136,12 @@ async fn drain(bin: &PathBuf, with_aws: bool) -> Result<Measured, Box<dyn std::e
     let pid = child.id().unwrap_or(0);
     let started = Instant::now();
     // Wait (bounded) until the watch request is in: drainwait is then waiting on events.
-    while !w.kube.requests().iter().any(|r| r.path.contains("endpointslices") && r.query.contains("watch=")) {
+    while !w
+        .kube
+        .requests()
+        .iter()
+        .any(|r| r.path.contains("endpointslices") && r.query.contains("watch="))
+    {
         if started.elapsed() > Duration::from_secs(10) {
             return Err("drainwait never opened its watch".into());
         }
@@ -140,7 +152,12 @@ async fn drain(bin: &PathBuf, with_aws: bool) -> Result<Measured, Box<dyn std::e
     let flipped = Instant::now();
     flip(&w);
     if with_aws {
-        w.elb.schedule(TG, IP, 2746, vec![(Duration::from_secs(5), "draining".into(), None)]);
+        w.elb.schedule(
+            TG,
+            IP,
+            2746,
+            vec![(Duration::from_secs(5), "draining".into(), None)],
+        );
     }
     let limit = Instant::now() + Duration::from_secs(30);
     let code = loop {
@@ -175,11 +192,19 @@ fn ms(d: Duration) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bin = PathBuf::from(
-        std::env::var("DRAINWAIT_BIN").unwrap_or_else(|_| "target/x86_64-unknown-linux-gnu/release/drainwait".into()),
+        std::env::var("DRAINWAIT_BIN")
+            .unwrap_or_else(|_| "target/x86_64-unknown-linux-gnu/release/drainwait".into()),
     );
-    let runs: usize = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     if !bin.exists() {
-        return Err(format!("{} not found: build it first (scripts/build-static.sh) or set DRAINWAIT_BIN", bin.display()).into());
+        return Err(format!(
+            "{} not found: build it first (scripts/build-static.sh) or set DRAINWAIT_BIN",
+            bin.display()
+        )
+        .into());
     }
     let mut latencies = Vec::new();
     let mut peaks = Vec::new();
@@ -204,7 +229,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| metric | value | target |");
     println!("|---|---|---|");
     println!("| binary | `{}` | |", bin.display());
-    println!("| binary size | {} bytes ({:.2} MiB) | ≤ 10 MiB |", size, size as f64 / 1048576.0);
+    println!(
+        "| binary size | {} bytes ({:.2} MiB) | ≤ 10 MiB |",
+        size,
+        size as f64 / 1048576.0
+    );
     println!(
         "| reaction latency, flip → exit ({} runs) | median {}, p90 {}, max {} | median ≤ 50 ms |",
         latencies.len(),

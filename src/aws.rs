@@ -296,7 +296,14 @@ impl Clients {
     /// Resolve a target group name with DescribeTargetGroups in the SDK's default region.
     pub async fn arn_for_name(&mut self, name: &str, t: Duration) -> Result<String, String> {
         if self.default.is_none() {
-            self.default = Some(self.load(None).await);
+            // The region chain may ask IMDS: bounded like any other request.
+            let loaded = timeout(t, self.load(None)).await.map_err(|_| {
+                format!(
+                    "the AWS region chain gave no answer within {}: set AWS_REGION",
+                    humantime::format_duration(t)
+                )
+            })?;
+            self.default = Some(loaded);
         }
         let conf = self.default.as_ref().ok_or("no AWS configuration")?;
         if conf.region().is_none() {
@@ -306,7 +313,9 @@ impl Clients {
         }
         let client = elbv2::Client::new(conf);
         let call = client.describe_target_groups().names(name).send();
-        match timeout(t, call).await {
+        let answer = timeout(t, call).await;
+        crate::metrics::aws_attempt("DescribeTargetGroups", &answer);
+        match answer {
             Err(_) => Err(format!(
                 "DescribeTargetGroups for {name:?} got no answer within {}",
                 humantime::format_duration(t)
@@ -326,7 +335,7 @@ impl Clients {
 
 /// An HTTPS client with the WebPKI roots built in: the binary is copied into
 /// images that may have no CA bundle.
-fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
     let mut store = TrustStore::empty().with_native_roots(false);
     for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
@@ -454,7 +463,9 @@ async fn describe(
         .target_group_arn(arn)
         .set_targets(Some(descs))
         .send();
-    let out = match timeout(t, call).await {
+    let answer = timeout(t, call).await;
+    crate::metrics::aws_attempt("DescribeTargetHealth", &answer);
+    let out = match answer {
         Err(_) => {
             return Ok(Round::Transient(format!(
                 "no answer within {}",

@@ -39,6 +39,44 @@ pub enum Command {
         /// Directory to copy into; created when missing.
         dir: PathBuf,
     },
+    /// Sidecar: HTTP server whose GET /drain runs the wait and answers when done (for a preStop httpGet hook).
+    Serve(ServeArgs),
+    /// Preflight: config, API, RBAC, pod, Services, target groups and their state; exit 0 only if a drain would work.
+    Check(CheckArgs),
+    /// Run a rolling restart under load against an embedded simulated cluster and ALB: no hook, sleep, drainwait.
+    #[cfg(feature = "sim")]
+    Demo(crate::sim::demo::DemoArgs),
+}
+
+/// Options of `serve`: the wait's, plus where to listen.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The wait's options: the drain that /drain runs.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Address and port to serve /drain, /healthz and /metrics on (kubelet calls the pod IP).
+    #[arg(long, env = "DRAINWAIT_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: String,
+}
+
+/// Options of `check`: the wait's (checked as a drain would use them), plus the output format.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The wait's options, checked as a drain would use them.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Output: a readable table, or one JSON list of {check, ok, detail, fix} for scripts.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+/// Output format of `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A table, one line per check.
+    Text,
+    /// One JSON document.
+    Json,
 }
 
 /// Options of the wait. Every value is kept as text here and checked by [`Settings::from_args`].

@@ -109,13 +109,18 @@ pub async fn run(
                         "EndpointSlice list got no answer within {}; restarting the watch",
                         humantime::format_duration(request_timeout)
                     );
+                    crate::metrics::watch_restart("stalled_list");
                     break;
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    crate::metrics::watch_restart("stream_end");
+                    break;
+                }
                 Ok(Some(Err(e))) => match classify(&e) {
                     Some(Failure::Fatal(msg)) => return Err(msg),
                     Some(Failure::Relist) => {
                         tracing::debug!("watch answered 410 Gone; relisting");
+                        crate::metrics::watch_restart("gone");
                         break;
                     }
                     None => {
@@ -177,6 +182,7 @@ enum Failure {
 }
 
 fn classify(e: &watcher::Error) -> Option<Failure> {
+    crate::metrics::watch_error(e);
     let inner = match e {
         watcher::Error::InitialListFailed(e)
         | watcher::Error::WatchStartFailed(e)

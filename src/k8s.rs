@@ -217,7 +217,9 @@ where
         attempts += 1;
         // An attempt never outlives the caller's limit.
         let attempt_end = (Instant::now() + per_call).min(until);
-        let last = match timeout_at(attempt_end, f()).await {
+        let answer = timeout_at(attempt_end, f()).await;
+        crate::metrics::kube_attempt(rule.resource, &answer);
+        let last = match answer {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) if is_forbidden(&e) => {
                 return Err(CallError::Forbidden {

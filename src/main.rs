@@ -3,9 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use drainwait::config::{Cli, Command, ConfigError, LogSettings, Settings, WaitArgs};
+use drainwait::config::{
+    CheckArgs, Cli, Command, ConfigError, LogSettings, ServeArgs, Settings, WaitArgs,
+};
 use drainwait::run::Signal;
-use drainwait::{install, logging, run};
+use drainwait::{check, install, logging, run, serve};
 use tokio::time::Instant;
 
 fn main() -> ExitCode {
@@ -13,8 +15,43 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Install { dir }) => install_cmd(&dir),
         Some(Command::Wait(args)) => wait_cmd(&args),
+        Some(Command::Serve(args)) => serve_cmd(&args),
+        Some(Command::Check(args)) => check_cmd(&args),
+        #[cfg(feature = "sim")]
+        Some(Command::Demo(args)) => demo_cmd(args),
         None => wait_cmd(&cli.wait),
     }
+}
+
+/// `drainwait demo`: the simulated rollout (see `sim/demo.rs`).
+#[cfg(feature = "sim")]
+fn demo_cmd(args: drainwait::sim::demo::DemoArgs) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return ExitCode::from(1);
+    };
+    ExitCode::from(rt.block_on(drainwait::sim::demo::cli(args)))
+}
+
+/// `drainwait serve`: the sidecar's HTTP server (see `serve.rs`).
+fn serve_cmd(args: &ServeArgs) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return ExitCode::from(1);
+    };
+    rt.block_on(async {
+        logging::init(&LogSettings::lenient(&args.wait));
+        ExitCode::from(serve::run(args).await)
+    })
+}
+
+/// `drainwait check`: the preflight table (see `check.rs`).
+fn check_cmd(args: &CheckArgs) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return ExitCode::from(1);
+    };
+    rt.block_on(async {
+        logging::init(&LogSettings::lenient(&args.wait));
+        ExitCode::from(check::run(&args.wait, args.output).await)
+    })
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {

@@ -93,7 +93,11 @@ async fn handle(req: Request<Incoming>, handler: Handler) -> Response<Body> {
     let (parts, body) = req.into_parts();
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => handler(Request::from_parts(parts, collected.to_bytes())).await,
-        Err(_) => full(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", "request body too large\n"),
+        Err(_) => full(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "text/plain",
+            "request body too large\n",
+        ),
     }
 }
 
