@@ -32,7 +32,7 @@ pub struct DemoArgs {
     #[arg(long, env = "DRAINWAIT_DEMO_PODS", default_value_t = 3)]
     pub pods: usize,
     /// Multiply every cluster delay by this: 1.0 = real cluster timings, 0.1 = ten times faster.
-    #[arg(long, env = "DRAINWAIT_DEMO_TIME_SCALE", default_value_t = 0.1)]
+    #[arg(long, env = "DRAINWAIT_DEMO_TIME_SCALE", default_value_t = 0.05)]
     pub time_scale: f64,
     /// Seed of the simulated delays: the same seed gives the same run.
     #[arg(long, env = "DRAINWAIT_DEMO_SEED", default_value_t = 42)]
@@ -107,11 +107,11 @@ pub struct DemoOptions {
 }
 
 impl DemoOptions {
-    /// Defaults of the demo (3 pods, scale 0.1, 200 req/s, all strategies) with this hook binary.
+    /// Defaults of the demo (3 pods, scale 0.05, 200 req/s, all strategies) with this hook binary.
     pub fn new(hook_exe: PathBuf, out: PathBuf) -> DemoOptions {
         DemoOptions {
             pods: 3,
-            scale: 0.1,
+            scale: 0.05,
             seed: 42,
             rate: 200,
             strategies: vec![Strategy::None, Strategy::Sleep, Strategy::Drainwait],
@@ -387,60 +387,65 @@ pub fn verdict(runs: &[RolloutRun]) -> Option<String> {
     Some(v + ".")
 }
 
-/// The timeline of one drain, in ms after the pod's deletion.
+/// The timeline of one drain, in ms after the pod's deletion, in time order.
 pub fn timeline(run: &RolloutRun, pod: &PodTimes) -> String {
     let Some(t0) = pod.deleting_at else {
         return String::new();
     };
-    let ms = |at: Instant| format!("{:>7}", (signed_secs(at, t0) * 1000.0).round() as i64);
     let t = &run.timings;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "Timeline of one drain ({}, {}), ms after its deletion:",
-        pod.name, run.label
-    );
-    let _ = writeln!(
-        s,
-        "{}  pod deleted: deletionTimestamp = now + {} grace; kubelet starts the preStop hook",
-        ms(t0),
-        secs(t.grace)
-    );
-    if let Some(at) = pod.endpoint_flip_at {
-        let _ = writeln!(
-            s,
-            "{}  endpoints controller: endpoint ready=false, terminating=true",
-            ms(at)
-        );
-    }
     let lb = pod.lb.as_ref();
+    let mut events: Vec<(Instant, String)> = vec![(
+        t0,
+        format!(
+            "pod deleted: deletionTimestamp = now + {} grace; kubelet starts the preStop hook",
+            secs(t.grace)
+        ),
+    )];
+    if let Some(at) = pod.endpoint_flip_at {
+        events.push((
+            at,
+            "endpoints controller: endpoint ready=false, terminating=true".into(),
+        ));
+    }
     if let Some(at) = lb.and_then(|l| l.draining_at) {
-        let _ = writeln!(
-            s,
-            "{}  LB controller deregisters the target: ELBv2 says draining",
-            ms(at)
-        );
+        events.push((
+            at,
+            "LB controller deregisters the target: ELBv2 says draining".into(),
+        ));
     }
     if let (Some(stop), Some(drain)) = (
         lb.and_then(|l| l.stops_routing_at),
         lb.and_then(|l| l.draining_at),
     ) {
         let real = (stop - drain).as_secs_f64() / t.scale;
-        let _ = writeln!(
-            s,
-            "{}  ALB stops routing new requests to it ({real:.1} s after draining at cluster scale; observed 2-17 s)",
-            ms(stop)
-        );
+        events.push((
+            stop,
+            format!(
+                "ALB stops routing new requests to it ({real:.1} s after draining at cluster scale; observed 2-17 s)"
+            ),
+        ));
     }
     if let Some(last) = lb.and_then(|l| l.last_routed_at) {
-        let _ = writeln!(s, "{}  (last request the ALB routed to it)", ms(last));
+        events.push((last, "(last request the ALB routed to it)".into()));
     }
     if let Some(at) = pod.hook_done_at {
         let outcome = pod.hook_outcome.clone().unwrap_or_default();
-        let _ = writeln!(s, "{}  preStop hook ends: drainwait {outcome}", ms(at));
+        events.push((at, format!("preStop hook ends: drainwait {outcome}")));
     }
     if let Some(at) = pod.sigterm_at {
-        let _ = writeln!(s, "{}  SIGTERM: the pod exits at once", ms(at));
+        events.push((at, "SIGTERM: the pod exits at once".into()));
+    }
+    // Stable: events at the same instant keep the causal order above.
+    events.sort_by_key(|(at, _)| *at);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Timeline of one drain ({}, {}), ms after its deletion:",
+        pod.name, run.label
+    );
+    for (at, what) in events {
+        let ms = (signed_secs(at, t0) * 1000.0).round() as i64;
+        let _ = writeln!(s, "{ms:>7}  {what}");
     }
     s
 }
