@@ -31,6 +31,8 @@ ARGO = EXAMPLES / "argo-workflows"
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest
 # schema kubernetes-validate ships.
 K8S_VERSIONS = ["1.26", kubernetes_validate.latest_version()]
+# Native sidecars (init container restartPolicy Always) are on by default from 1.29.
+NATIVE_SIDECAR_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
 
 NAMESPACE = "argo"
 
@@ -61,6 +63,11 @@ MIN_LB_REACTION = 5
 # server.* values (chart 0.46): see build_argo_deployment().
 ARGO_SERVER_IMAGE = "quay.io/argoproj/argocli:v3.7.7"
 ARGO_SA = "argo-workflows-server"
+
+# Sidecar examples (`drainwait serve`) and the server.* list their sidecar is in.
+SIDECAR_FILES = {"values-sidecar.yaml": "extraInitContainers", "values-sidecar-plain.yaml": "extraContainers"}
+# SPEC: DRAINWAIT_LISTEN default.
+DEFAULT_LISTEN = "0.0.0.0:9090"
 
 passed = 0
 failures: list[str] = []
@@ -100,8 +107,8 @@ def render(values: dict[str, Any] | None = None, name: str = "drainwait") -> tup
     return objects, notes
 
 
-def validate_k8s(obj: dict, what: str) -> None:
-    for version in K8S_VERSIONS:
+def validate_k8s(obj: dict, what: str, versions: list[str] = K8S_VERSIONS) -> None:
+    for version in versions:
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -160,8 +167,8 @@ def env_map(env: list[dict]) -> dict[str, dict]:
 
 def build_argo_deployment(server: dict) -> dict:
     """The argo-server Deployment as argo-helm's server-deployment.yaml builds it
-    from these server.* values (extraInitContainers, volumes, volumeMounts,
-    lifecycle, extraEnv, terminationGracePeriodSeconds, image)."""
+    from these server.* values (extraInitContainers, extraContainers, volumes,
+    volumeMounts, lifecycle, extraEnv, terminationGracePeriodSeconds, image)."""
     image = ARGO_SERVER_IMAGE
     if "image" in server:
         img = server["image"]
@@ -185,7 +192,7 @@ def build_argo_deployment(server: dict) -> dict:
         container["lifecycle"] = server["lifecycle"]
     spec: dict[str, Any] = {
         "serviceAccountName": ARGO_SA,
-        "containers": [container],
+        "containers": [container] + server.get("extraContainers", []),
         "volumes": [{"name": "tmp", "emptyDir": {}}] + server.get("volumes", []),
     }
     if server.get("extraInitContainers"):
@@ -212,12 +219,31 @@ def argo_values(name: str) -> dict:
     return server
 
 
-def check_timing(server: dict, what: str) -> None:
+def drainwait_env(server: dict, name: str) -> list[dict]:
+    """The env drainwait runs with: the sidecar's for the sidecar examples,
+    argo-server's extraEnv (the preStop exec inherits it) for the others."""
+    if name in SIDECAR_FILES:
+        return sidecar_of(server, name).get("env", [])
+    return server.get("extraEnv", [])
+
+
+def sidecar_of(server: dict, name: str) -> dict:
+    """The one `drainwait serve` container of a sidecar example, from the list
+    SIDECAR_FILES names; the other list must not hold one too."""
+    key = SIDECAR_FILES[name]
+    other = ({"extraInitContainers", "extraContainers"} - {key}).pop()
+    found = server.get(key) or []
+    assert len(found) == 1, f"{name}: expected one container in server.{key}, got {len(found)}"
+    assert not server.get(other), f"{name}: server.{other} set too (the sidecar belongs in server.{key})"
+    return found[0]
+
+
+def check_timing(server: dict, env_list: list[dict], what: str) -> None:
     grace = server.get("terminationGracePeriodSeconds")
     assert isinstance(grace, int), f"{what}: terminationGracePeriodSeconds must be set"
     floor = ENDPOINTS_SETTLE + MIN_LB_REACTION + LB_SETTLE + SHUTDOWN_RESERVE
     assert grace >= floor, f"{what}: grace {grace}s < {floor}s (settles + reserve + LB reaction)"
-    env = env_map(server.get("extraEnv", []))
+    env = env_map(env_list)
     reserve = seconds(env["DRAINWAIT_SHUTDOWN_RESERVE"]["value"]) if "DRAINWAIT_SHUTDOWN_RESERVE" in env else SHUTDOWN_RESERVE
     assert "DRAINWAIT_MAX_WAIT" in env, f"{what}: DRAINWAIT_MAX_WAIT not set"
     max_wait = seconds(env["DRAINWAIT_MAX_WAIT"]["value"])
@@ -225,12 +251,52 @@ def check_timing(server: dict, what: str) -> None:
     assert max_wait >= floor - reserve, f"{what}: DRAINWAIT_MAX_WAIT {max_wait}s too short for a normal drain"
 
 
-def check_identity_env(server: dict, what: str) -> None:
-    env = env_map(server.get("extraEnv", []))
+def check_identity_env(env_list: list[dict], what: str) -> None:
+    env = env_map(env_list)
     for var, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
-        assert var in env, f"{what}: {var} missing from extraEnv"
+        assert var in env, f"{what}: {var} missing from drainwait's env"
         got = env[var].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
         assert got == field, f"{what}: {var} fieldRef is {got!r}, want {field!r}"
+
+
+def resolve_port(port: Any, container: dict, what: str) -> int:
+    """A hook's port as kubelet resolves it: a number, or a name looked up in
+    the ports of the container the hook belongs to (not of the pod)."""
+    if isinstance(port, int):
+        return port
+    assert isinstance(port, str) and port, f"{what}: port {port!r}"
+    if port.isdigit():
+        return int(port)
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return p["containerPort"]
+    raise AssertionError(f"{what}: named port {port!r} is not among {container['name']}'s own ports "
+                         f"(kubelet resolves it there): {container.get('ports', [])}")
+
+
+def listen_port(env_list: list[dict], what: str) -> int:
+    """The port `drainwait serve` listens on (DRAINWAIT_LISTEN, else the SPEC
+    default); its address must not be loopback, kubelet comes via the pod IP."""
+    listen = env_map(env_list).get("DRAINWAIT_LISTEN", {"value": DEFAULT_LISTEN})
+    assert "value" in listen, f"{what}: DRAINWAIT_LISTEN must be a plain value"
+    host, sep, port = str(listen["value"]).rpartition(":")
+    assert sep and port.isdigit(), f"{what}: DRAINWAIT_LISTEN {listen['value']!r} is not host:port"
+    host = host.strip("[]")
+    assert host not in ("localhost", "::1") and not host.startswith("127."), \
+        f"{what}: DRAINWAIT_LISTEN {listen['value']!r} is loopback; kubelet's httpGet comes to the pod IP"
+    return int(port)
+
+
+def check_drain_hook(container: dict, port: int, what: str) -> None:
+    """container's preStop is exactly an httpGet of /drain on `port`, to the pod IP."""
+    pre = (container.get("lifecycle") or {}).get("preStop") or {}
+    assert list(pre) == ["httpGet"], f"{what}: preStop must be only an httpGet, got {sorted(pre) or 'none'}"
+    get = pre["httpGet"]
+    assert get.get("path") == "/drain", f"{what}: preStop httpGet path {get.get('path')!r}, want '/drain'"
+    assert "host" not in get, f"{what}: preStop httpGet sets host {get['host']!r}; leave it unset (kubelet uses the pod IP)"
+    assert get.get("scheme", "HTTP") == "HTTP", f"{what}: preStop httpGet scheme {get['scheme']!r}; serve speaks plain HTTP"
+    got = resolve_port(get.get("port"), container, what)
+    assert got == port, f"{what}: preStop httpGet port {get.get('port')!r} (= {got}) != sidecar's serve port {port}"
 
 
 def prestop_command(server: dict) -> list[str]:
@@ -367,14 +433,14 @@ def t_example_objects() -> None:
     print(f"     ({count} Kubernetes objects found under examples/)")
 
 
-def t_argo_values_render(name: str) -> Callable[[], None]:
+def t_argo_values_render(name: str, versions: list[str] = K8S_VERSIONS) -> Callable[[], None]:
     def run() -> None:
         server = argo_values(name)
         deployment = build_argo_deployment(server)
-        validate_k8s(deployment, f"{name} as argo-server Deployment")
+        validate_k8s(deployment, f"{name} as argo-server Deployment", versions)
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "argo-workflows-server-0", "namespace": NAMESPACE},
                "spec": deployment["spec"]["template"]["spec"]}
-        validate_k8s(pod, f"{name} as argo-server Pod")
+        validate_k8s(pod, f"{name} as argo-server Pod", versions)
         spec = pod["spec"]
         volumes = {v["name"] for v in spec["volumes"]}
         for c in spec.get("initContainers", []) + spec["containers"]:
@@ -422,11 +488,41 @@ def t_argo_baked_image() -> None:
 def t_argo_env_and_timing(name: str) -> Callable[[], None]:
     def run() -> None:
         server = argo_values(name)
-        check_identity_env(server, name)
-        check_timing(server, name)
-        for e in server.get("extraEnv", []):
+        env = drainwait_env(server, name)
+        check_identity_env(env, name)
+        check_timing(server, env, name)
+        for e in env:
             if e["name"].startswith("DRAINWAIT_") and e["name"].endswith(("_WAIT", "_SETTLE", "_RESERVE", "_INTERVAL")):
                 seconds(e["value"])
+    return run
+
+
+def t_argo_sidecar(name: str) -> Callable[[], None]:
+    def run() -> None:
+        server = argo_values(name)
+        key = SIDECAR_FILES[name]
+        sidecar = sidecar_of(server, name)
+        what = f"{name} server.{key}[{sidecar.get('name')}]"
+        assert sidecar.get("command") == ["/drainwait", "serve"], f"{what}: command {sidecar.get('command')}, want ['/drainwait', 'serve']"
+        assert not sidecar.get("args"), f"{what}: args {sidecar['args']} (e.g. --listen) would bypass these checks"
+        assert "{{" not in yaml.safe_dump(server.get(key)), f"{what}: contains '{{{{' (argo-helm runs extraInitContainers through tpl)"
+        port = listen_port(sidecar.get("env", []), what)
+        declared = [p.get("containerPort") for p in sidecar.get("ports", [])]
+        assert port in declared, f"{what}: serves on {port}, declares containerPort {declared}"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            get = (sidecar.get(probe) or {}).get("httpGet")
+            if get:
+                got = resolve_port(get.get("port"), sidecar, f"{what} {probe}")
+                assert got == port, f"{what}: {probe} port {got} != serve port {port}"
+        if key == "extraInitContainers":
+            assert sidecar.get("restartPolicy") == "Always", f"{what}: restartPolicy {sidecar.get('restartPolicy')!r}, want 'Always' (native sidecar)"
+        else:
+            assert "restartPolicy" not in sidecar, f"{what}: restartPolicy on a plain container"
+            # SIGTERM reaches it while argo-server's hook runs: its own hook joins the drain.
+            check_drain_hook(sidecar, port, f"{what} (own preStop)")
+        # argo-server as the chart renders it, so a named port resolves as kubelet does.
+        main = build_argo_deployment(server)["spec"]["template"]["spec"]["containers"][0]
+        check_drain_hook(main, port, f"{name} argo-server (server.lifecycle)")
     return run
 
 
@@ -455,11 +551,17 @@ def main() -> int:
     check("NOTES.txt gives the check command and IAM actions", t_notes)
     check("chart README values table == values.yaml", t_readme_table)
     check("Kubernetes objects under examples/ validate", t_example_objects)
-    for name in ("values.yaml", "values-baked-image.yaml"):
-        check(f"examples/argo-workflows/{name} in argo-helm's Deployment/Pod shape validates", t_argo_values_render(name))
+    for name in ("values.yaml", "values-baked-image.yaml", *SIDECAR_FILES):
+        versions = NATIVE_SIDECAR_VERSIONS if SIDECAR_FILES.get(name) == "extraInitContainers" else K8S_VERSIONS
+        check(f"examples/argo-workflows/{name} in argo-helm's Deployment/Pod shape validates for Kubernetes {', '.join(versions)}",
+              t_argo_values_render(name, versions))
         check(f"examples/argo-workflows/{name}: POD_NAME/POD_NAMESPACE, grace and MAX_WAIT consistent", t_argo_env_and_timing(name))
     check("values.yaml: preStop path == init container install dir + /drainwait", t_argo_init_install)
     check("values-baked-image.yaml: preStop path == Dockerfile COPY destination", t_argo_baked_image)
+    check("values-sidecar.yaml: native sidecar (extraInitContainers, restartPolicy Always) runs `drainwait serve`; "
+          "argo-server's preStop httpGet /drain on its port, pod IP", t_argo_sidecar("values-sidecar.yaml"))
+    check("values-sidecar-plain.yaml: plain sidecar (extraContainers) runs `drainwait serve` with its own preStop /drain; "
+          "argo-server's preStop httpGet /drain on its port, pod IP", t_argo_sidecar("values-sidecar-plain.yaml"))
     check("iam-policy.json grants exactly the two Describe actions", t_iam_policy)
 
     print(f"chart-tests: {passed} passed, {len(failures)} failed")
