@@ -52,6 +52,65 @@ pub enum Discovered {
     Targets(Vec<Target>),
 }
 
+/// The fields of a TargetGroupBinding's spec that drainwait reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.serviceRef.name`.
+    pub service: String,
+    /// `spec.serviceRef.port`: a Service port number or name.
+    pub port: serde_json::Value,
+    /// `spec.targetType`; unset means the controller infers it from the target group.
+    pub target_type: Option<String>,
+    /// `spec.targetGroupARN`, when set and not empty.
+    pub arn: Option<String>,
+    /// `spec.targetGroupName`, the alternative to the ARN.
+    pub group_name: Option<String>,
+    /// `spec.ipAddressType` is `ipv6`.
+    pub ipv6: bool,
+}
+
+impl Binding {
+    /// Read the spec of a TargetGroupBinding object; missing fields are empty.
+    pub fn from_object(o: &DynamicObject) -> Binding {
+        let spec = o.data.get("spec").cloned().unwrap_or_default();
+        let text = |ptr: &str| {
+            spec.pointer(ptr)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        Binding {
+            name: o.metadata.name.clone().unwrap_or_default(),
+            service: text("/serviceRef/name").unwrap_or_default(),
+            port: spec
+                .pointer("/serviceRef/port")
+                .cloned()
+                .unwrap_or_default(),
+            target_type: text("/targetType"),
+            arn: text("/targetGroupARN"),
+            group_name: text("/targetGroupName"),
+            ipv6: text("/ipAddressType").as_deref() == Some("ipv6"),
+        }
+    }
+
+    /// Instance targets are the nodes, not the pod: drainwait skips them. An
+    /// unset type is treated as `ip`; were the group really instance-typed,
+    /// DescribeTargetHealth answers the pod's IP as an invalid target.
+    pub fn is_instance(&self) -> bool {
+        self.target_type.as_deref() == Some("instance")
+    }
+
+    /// `serviceRef.port` as written, without JSON quotes.
+    pub fn port_text(&self) -> String {
+        match &self.port {
+            serde_json::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        }
+    }
+}
+
 /// The TargetGroupBinding custom resource.
 pub fn tgb_resource() -> ApiResource {
     ApiResource {
@@ -111,47 +170,34 @@ pub async fn discover(
     let services: BTreeSet<&str> = mine.iter().map(|e| e.service.as_str()).collect();
 
     let mut targets = BTreeSet::new();
-    for b in &bindings {
-        let name = b.metadata.name.clone().unwrap_or_default();
-        let spec = b.data.get("spec").cloned().unwrap_or_default();
-        let svc = spec
-            .pointer("/serviceRef/name")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        if !services.contains(svc) {
+    for b in bindings.iter().map(Binding::from_object) {
+        let name = &b.name;
+        if !services.contains(b.service.as_str()) {
             continue;
         }
-        if spec.get("targetType").and_then(|v| v.as_str()) == Some("instance") {
+        if b.is_instance() {
             tracing::info!(binding = %name, "TargetGroupBinding {name} uses instance targets: the nodes are the targets, not this pod; the endpoints gate and kube-proxy cover it");
             continue;
         }
-        let port_ref = spec
-            .pointer("/serviceRef/port")
-            .cloned()
-            .unwrap_or_default();
-        let port_name = service_port_name(client, &pod.namespace, svc, &port_ref, t, until).await?;
-        let port = pod_port(&mine, svc, &port_name).map_err(|e| {
+        let port_ref = &b.port;
+        let port_name =
+            service_port_name(client, &pod.namespace, &b.service, port_ref, t, until).await?;
+        let port = pod_port(&mine, &b.service, &port_name).map_err(|e| {
             format!("TargetGroupBinding {name}: cannot resolve serviceRef.port {port_ref} to a pod port: {e}; set DRAINWAIT_AWS_TARGET_GROUP_ARNS and DRAINWAIT_AWS_TARGET_PORT instead")
         })?;
-        let arn = match spec
-            .get("targetGroupARN")
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-        {
-            Some(arn) => arn.to_string(),
-            None => match spec.get("targetGroupName").and_then(|v| v.as_str()) {
-                Some(tg_name) => elb
-                    .arn_for_name(tg_name, t)
-                    .await
-                    .map_err(|e| format!("TargetGroupBinding {name}: {e}"))?,
-                None => {
-                    return Err(format!(
-                        "TargetGroupBinding {name} has neither spec.targetGroupARN nor spec.targetGroupName"
-                    ));
-                }
-            },
+        let arn = match (&b.arn, &b.group_name) {
+            (Some(arn), _) => arn.clone(),
+            (None, Some(tg_name)) => elb
+                .arn_for_name(tg_name, t)
+                .await
+                .map_err(|e| format!("TargetGroupBinding {name}: {e}"))?,
+            (None, None) => {
+                return Err(format!(
+                    "TargetGroupBinding {name} has neither spec.targetGroupARN nor spec.targetGroupName"
+                ));
+            }
         };
-        let ipv6 = spec.get("ipAddressType").and_then(|v| v.as_str()) == Some("ipv6");
+        let ipv6 = b.ipv6;
         let ip = pod.ip(ipv6).ok_or_else(|| {
             format!(
                 "TargetGroupBinding {name} wants an {} target but the pod has no such IP",
@@ -556,6 +602,43 @@ fn is_credentials_error(msg: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn binding(spec: serde_json::Value) -> Binding {
+        let mut o = DynamicObject::new("tgb", &tgb_resource());
+        o.data = serde_json::json!({ "spec": spec });
+        Binding::from_object(&o)
+    }
+
+    #[test]
+    fn binding_spec_is_read_with_its_defaults() {
+        let b = binding(serde_json::json!({
+            "serviceRef": {"name": "argo-server", "port": "web"},
+            "targetGroupARN": "",
+            "targetGroupName": "argo",
+            "ipAddressType": "ipv6",
+        }));
+        assert_eq!(b.name, "tgb");
+        assert_eq!(b.service, "argo-server");
+        assert_eq!(b.port_text(), "web");
+        // An empty ARN is no ARN: the name is used.
+        assert_eq!(
+            (b.arn.as_deref(), b.group_name.as_deref()),
+            (None, Some("argo"))
+        );
+        assert!(b.ipv6);
+        // Unset targetType: treated as ip, so the pod's IP is polled.
+        assert_eq!(b.target_type, None);
+        assert!(!b.is_instance());
+
+        let b = binding(serde_json::json!({
+            "serviceRef": {"name": "s", "port": 80},
+            "targetType": "instance",
+            "targetGroupARN": "arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/t/1",
+        }));
+        assert_eq!(b.port_text(), "80");
+        assert!(b.is_instance() && !b.ipv6);
+        assert!(b.arn.is_some());
+    }
 
     #[test]
     fn credentials_errors_are_recognised() {

@@ -491,39 +491,21 @@ async fn bindings(
         );
         return true;
     }
-    for b in &list {
-        let name = b.metadata.name.clone().unwrap_or_default();
-        let spec = b.data.get("spec").cloned().unwrap_or_default();
-        let svc = spec
-            .pointer("/serviceRef/name")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        let port = spec
-            .pointer("/serviceRef/port")
-            .map(|v| v.to_string().trim_matches('"').to_string())
-            .unwrap_or_default();
-        let kind = spec
-            .get("targetType")
-            .and_then(|v| v.as_str())
-            .unwrap_or("instance");
-        let group = spec
-            .get("targetGroupARN")
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .map(|a| short_tg(a).to_string())
-            .or_else(|| {
-                spec.get("targetGroupName")
-                    .and_then(|v| v.as_str())
-                    .map(|n| format!("name {n}"))
-            })
-            .unwrap_or_else(|| "no target group".into());
+    for b in list.iter().map(aws::Binding::from_object) {
+        let (name, svc, port) = (&b.name, &b.service, b.port_text());
+        let kind = b.target_type.as_deref().unwrap_or("ip (targetType unset)");
+        let group = match (&b.arn, &b.group_name) {
+            (Some(arn), _) => short_tg(arn).to_string(),
+            (None, Some(n)) => format!("name {n}"),
+            (None, None) => "no target group".into(),
+        };
         let check = format!("binding {name}");
-        if !mine.iter().any(|e| e.service == svc) {
+        if !mine.iter().any(|e| &e.service == svc) {
             r.ok(
                 check,
                 format!("Service {svc}:{port} does not list this pod: not used"),
             );
-        } else if kind == "instance" {
+        } else if b.is_instance() {
             r.ok(check, format!("instance targets for Service {svc}:{port}: skipped, the nodes are the targets (the endpoints gate and kube-proxy cover them)"));
         } else {
             r.ok(
