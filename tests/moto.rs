@@ -144,7 +144,7 @@ async fn drains_against_real_moto_elbv2() {
             .await
             .expect("deregister");
     });
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     // Deregistered at ~2 s, then LB settle 0.3 s: not before.
     assert!(
         run.elapsed >= Duration::from_millis(2200),
@@ -153,7 +153,7 @@ async fn drains_against_real_moto_elbv2() {
         run.stderr
     );
     assert!(run.elapsed < Duration::from_secs(15), "{:?}", run.elapsed);
-    assert!(run.stderr.contains("aws passed"), "{}", run.stderr);
+    run.assert_logged(&["aws passed"]);
     assert!(
         run.stderr.contains("Target.NotRegistered"),
         "moto reports a deregistered target as unused/NotRegistered: {}",

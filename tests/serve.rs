@@ -145,7 +145,7 @@ async fn concurrent_callers_share_one_drain_and_metrics_count_it() {
         (a, b, later, metrics)
     })
     .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
 
     assert_eq!(first.status, 200, "{first:?}");
     assert_eq!(first, second, "both callers get the same drain's JSON");
@@ -255,12 +255,8 @@ async fn concurrent_callers_share_one_drain_and_metrics_count_it() {
         metrics.body
     );
 
-    assert!(
-        run.stderr.contains("starting the drain") && run.stderr.contains("joining"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("no drain running"), "{}", run.stderr);
+    run.assert_logged(&["starting the drain", "joining"]);
+    run.assert_logged(&["no drain running"]);
     for secret in [
         "sim-token",
         "sim-secret-key-do-not-print",
@@ -293,7 +289,7 @@ async fn sigterm_during_a_drain_serves_until_it_ends_then_exits_zero() {
         })
         .await;
     let exited_at = Instant::now();
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     assert_eq!(
         healthz_after_term.status, 200,
         "still serving after SIGTERM"
@@ -313,11 +309,7 @@ async fn sigterm_during_a_drain_serves_until_it_ends_then_exits_zero() {
         "exited before the drain ended"
     );
     assert!(exited_at.duration_since(term_at) < Duration::from_secs(8));
-    assert!(
-        run.stderr.contains("received SIGTERM during a drain"),
-        "{}",
-        run.stderr
-    );
+    run.assert_logged(&["received SIGTERM during a drain"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +345,7 @@ async fn sigint_during_a_drain_exits_130_at_once() {
         at
     })
     .await;
-    assert_eq!(run.code, Some(130), "{}", run.stderr);
+    run.assert_code(130);
     assert!(
         sent_at.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -430,8 +422,8 @@ async fn malformed_requests_get_4xx_and_the_server_survives() {
         over_took < Duration::from_secs(2),
         "closed at once, not after a timeout: {over_took:?}"
     );
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stderr.contains("connections open"), "{}", run.stderr);
+    run.assert_code(0);
+    run.assert_logged(&["connections open"]);
     assert!(
         w.kube.requests().is_empty(),
         "no request above started a drain"
@@ -456,7 +448,7 @@ async fn invalid_configuration_serves_the_fallback_wait() {
         },
     )
     .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     assert!(took >= ms(950), "waited DRAINWAIT_FALLBACK_WAIT: {took:?}");
     let summary: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
     assert_eq!(
@@ -471,7 +463,7 @@ async fn invalid_configuration_serves_the_fallback_wait() {
             .contains("DRAINWAIT_MAX_WAIT"),
         "{summary}"
     );
-    assert!(run.stderr.contains("\"forever\""), "{}", run.stderr);
+    run.assert_logged(&["\"forever\""]);
     assert!(
         w.kube.requests().is_empty(),
         "nothing asked of the API with a bad config"
@@ -484,12 +476,8 @@ async fn bad_listen_address_exits_two() {
     let run = w
         .run(&["serve"], &[("DRAINWAIT_LISTEN", "localhost:http")])
         .await;
-    assert_eq!(run.code, Some(2), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("DRAINWAIT_LISTEN") && run.stderr.contains("0.0.0.0:9090"),
-        "{}",
-        run.stderr
-    );
+    run.assert_code(2);
+    run.assert_logged(&["DRAINWAIT_LISTEN", "0.0.0.0:9090"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,7 +493,7 @@ async fn a_not_deleting_answer_is_not_kept_for_the_real_deletion() {
         (restart, deletion)
     })
     .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     let outcome = |a: &Answer| {
         serde_json::from_str::<serde_json::Value>(&a.body).expect("JSON")["outcome"].clone()
     };

@@ -24,7 +24,7 @@ async fn drains_when_the_endpoint_flips_then_settles() {
         sleep(ms(700)).await;
         w.flip_endpoint();
     });
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     // Flip at 0.7 s + settle 0.2 s; well under the 25 s the grace period allows.
     assert!(
         run.elapsed >= ms(900),
@@ -32,7 +32,7 @@ async fn drains_when_the_endpoint_flips_then_settles() {
         run.elapsed
     );
     assert!(run.elapsed < Duration::from_secs(8), "{:?}", run.elapsed);
-    assert!(run.stderr.contains("drained after"), "{}", run.stderr);
+    run.assert_logged(&["drained after"]);
     assert_eq!(w.event_reasons(), vec!["Drained"]);
     let ev = &w.kube.events()[0];
     assert_eq!(ev["type"], "Normal");
@@ -53,7 +53,7 @@ async fn already_out_at_start_passes_after_the_settle() {
     let run = w
         .run(&["wait"], &[LB_NONE, ("DRAINWAIT_ENDPOINTS_SETTLE", "1s")])
         .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     assert!(
         run.elapsed >= Duration::from_secs(1),
         "settle counted from first seen out: {:?}",
@@ -71,7 +71,7 @@ async fn services_filter_uses_a_label_selector() {
             w.flip_endpoint();
         }
     );
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     let lists: Vec<_> = w
         .kube
         .requests()
@@ -95,9 +95,9 @@ async fn not_deleting_exits_at_once_or_waits_when_asked() {
     let w = World::new().await;
     w.kube.put_pod(pod()); // no deletionTimestamp
     let run = w.run(&[], &[]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     assert!(run.elapsed < Duration::from_secs(5));
-    assert!(run.stderr.contains("not-deleting"), "{}", run.stderr);
+    run.assert_logged(&["not-deleting"]);
     assert_eq!(w.event_reasons(), vec!["NotDeleting"]);
 
     // DRAINWAIT_IF_NOT_DELETING=wait: waits as usual, here until MAX_WAIT.
@@ -111,7 +111,7 @@ async fn not_deleting_exits_at_once_or_waits_when_asked() {
             ],
         )
         .await;
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    run.assert_code(1);
     assert!(run.elapsed >= ms(1500), "{:?}", run.elapsed);
 }
 
@@ -120,8 +120,8 @@ async fn pod_gone_exits_zero() {
     let w = World::new().await;
     w.kube.delete_pod(NS, POD);
     let run = w.run(&[], &[]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stderr.contains("pod-gone"), "{}", run.stderr);
+    run.assert_code(0);
+    run.assert_logged(&["pod-gone"]);
     assert!(w.kube.events().is_empty(), "no pod to hang an Event on");
 }
 
@@ -131,13 +131,9 @@ async fn deadline_already_past_exits_one_at_once() {
     // 3 s of grace left, 5 s reserve: no time at all.
     w.kube.mark_deleting(NS, POD, Duration::from_secs(3));
     let run = w.run(&[], &[LB_NONE]).await;
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    run.assert_code(1);
     assert!(run.elapsed < Duration::from_secs(4), "{:?}", run.elapsed);
-    assert!(
-        run.stderr.contains("DRAINWAIT_SHUTDOWN_RESERVE"),
-        "{}",
-        run.stderr
-    );
+    run.assert_logged(&["DRAINWAIT_SHUTDOWN_RESERVE"]);
     assert_eq!(w.event_reasons(), vec!["DrainDeadlineReached"]);
 }
 
@@ -147,22 +143,14 @@ async fn deadline_from_grace_period_names_pending_gates() {
     // 7 s grace - 5 s reserve = 2 s, earlier than MAX_WAIT.
     w.kube.mark_deleting(NS, POD, Duration::from_secs(7));
     let run = w.run(&[], &[LB_NONE]).await;
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    run.assert_code(1);
     assert!(
         run.elapsed >= ms(1500) && run.elapsed < Duration::from_secs(5),
         "{:?}",
         run.elapsed
     );
-    assert!(
-        run.stderr.contains("gates pending: endpoints"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("in rotation via argo-server"),
-        "{}",
-        run.stderr
-    );
+    run.assert_logged(&["gates pending: endpoints"]);
+    run.assert_logged(&["in rotation via argo-server"]);
     let ev = &w.kube.events()[0];
     assert_eq!(
         (ev["type"].as_str(), ev["reason"].as_str()),
@@ -182,15 +170,9 @@ async fn invalid_value_waits_the_fallback_then_exits_two() {
             ],
         )
         .await;
-    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    run.assert_code(2);
     assert!(run.elapsed >= Duration::from_secs(1), "{:?}", run.elapsed);
-    assert!(
-        run.stderr.contains("DRAINWAIT_MAX_WAIT")
-            && run.stderr.contains("\"forever\"")
-            && run.stderr.contains("1m30s"),
-        "{}",
-        run.stderr
-    );
+    run.assert_logged(&["DRAINWAIT_MAX_WAIT", "\"forever\"", "1m30s"]);
     assert!(
         w.kube.requests().is_empty(),
         "nothing asked of the API with a bad config"
@@ -207,7 +189,7 @@ async fn invalid_value_waits_the_fallback_then_exits_two() {
             });
         })
         .await;
-    assert_eq!(run.code, Some(143), "{}", run.stderr);
+    run.assert_code(143);
     assert!(
         run.elapsed >= ms(1500) && run.elapsed < Duration::from_secs(20),
         "{:?}",
@@ -221,7 +203,7 @@ async fn usage_errors_exit_two_at_once() {
     let run = w.run(&["--no-such-flag"], &[]).await;
     assert_eq!(run.code, Some(2));
     assert!(run.elapsed < Duration::from_secs(2));
-    assert!(run.stderr.contains("--no-such-flag"), "{}", run.stderr);
+    run.assert_logged(&["--no-such-flag"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,19 +213,14 @@ async fn forbidden_endpointslices_fall_back_with_the_missing_rule() {
     let run = w
         .run(&[], &[LB_NONE, ("DRAINWAIT_FALLBACK_WAIT", "1500ms")])
         .await;
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    run.assert_code(1);
     assert!(
         run.elapsed >= ms(1500) && run.elapsed < Duration::from_secs(6),
         "{:?}",
         run.elapsed
     );
-    assert!(
-        run.stderr
-            .contains(r#"resources: ["endpointslices"], verbs: ["list", "watch"]"#),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("fallback after"), "{}", run.stderr);
+    run.assert_logged(&[r#"resources: ["endpointslices"], verbs: ["list", "watch"]"#]);
+    run.assert_logged(&["fallback after"]);
     // Not retried forever: a 403 is final.
     let lists = w
         .kube
@@ -262,14 +239,9 @@ async fn forbidden_pod_get_falls_back() {
     let run = w
         .run(&[], &[LB_NONE, ("DRAINWAIT_FALLBACK_WAIT", "1s")])
         .await;
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    run.assert_code(1);
     assert!(run.elapsed >= Duration::from_secs(1));
-    assert!(
-        run.stderr
-            .contains(r#"resources: ["pods"], verbs: ["get"]"#),
-        "{}",
-        run.stderr
-    );
+    run.assert_logged(&[r#"resources: ["pods"], verbs: ["get"]"#]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,13 +260,13 @@ async fn api_down_falls_back_never_worse_than_a_sleep() {
     let run = w
         .run(&[], &[LB_NONE, ("DRAINWAIT_FALLBACK_WAIT", "1500ms")])
         .await;
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    run.assert_code(1);
     assert!(
         run.elapsed >= ms(1400) && run.elapsed < Duration::from_secs(6),
         "{:?}",
         run.elapsed
     );
-    assert!(run.stderr.contains("cannot read pod"), "{}", run.stderr);
+    run.assert_logged(&["cannot read pod"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,7 +298,7 @@ async fn transient_errors_hangs_and_watch_faults_are_survived() {
         sleep(Duration::from_secs(3)).await;
         w.flip_endpoint();
     });
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     assert!(
         run.elapsed >= ms(3200) && run.elapsed < Duration::from_secs(12),
         "{:?}",
@@ -364,12 +336,7 @@ async fn signals_exit_at_once_with_130_and_143() {
             .await;
         assert_eq!(run.code, Some(code), "{sig}: {}", run.stderr);
         assert!(run.elapsed < Duration::from_secs(4), "{:?}", run.elapsed);
-        assert!(
-            run.stderr
-                .contains(if code == 130 { "SIGINT" } else { "SIGTERM" }),
-            "{}",
-            run.stderr
-        );
+        run.assert_logged(&[if code == 130 { "SIGINT" } else { "SIGTERM" }]);
     }
 }
 
@@ -391,7 +358,7 @@ async fn aws_target_draining_then_lb_settle() {
         sleep(ms(500)).await;
         w.flip_endpoint();
     });
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     // Draining at 1.5 s (+ up to one poll) + LB settle 0.3 s.
     assert!(
         run.elapsed >= ms(1800) && run.elapsed < Duration::from_secs(8),
@@ -416,12 +383,8 @@ async fn aws_target_draining_then_lb_settle() {
     }
     // Stops polling once the target is out: one poll every ~100 ms for ~1.6 s, not more.
     assert!(calls.len() < 40, "{} calls", calls.len());
-    assert!(run.stderr.contains("aws passed"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("10.1.2.3:2746@argo draining"),
-        "{}",
-        run.stderr
-    );
+    run.assert_logged(&["aws passed"]);
+    run.assert_logged(&["10.1.2.3:2746@argo draining"]);
     // The Service port was read to map serviceRef.port 80 → "web" → 2746.
     assert!(
         w.kube
@@ -442,8 +405,8 @@ async fn aws_name_lookup_named_port_and_instance_bindings() {
     w.elb.deregister(TG, IP, PORT, ms(600));
     w.flip_endpoint();
     let run = w.run(&[], &[]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stderr.contains("instance targets"), "{}", run.stderr);
+    run.assert_code(0);
+    run.assert_logged(&["instance targets"]);
     let reqs = w.elb.requests();
     assert!(
         reqs.iter()
@@ -492,7 +455,7 @@ async fn aws_explicit_arns_and_invalid_target_asked_alone() {
             ],
         )
         .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     let groups: std::collections::BTreeSet<_> = w
         .elb
         .requests()
@@ -524,7 +487,7 @@ async fn aws_invalid_target_is_out_when_asked_alone() {
             ],
         )
         .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     // Two targets (binding's 2746 and explicit 8080) in one call → InvalidTarget → one call each.
     let calls: Vec<_> = w
         .elb
@@ -561,7 +524,7 @@ async fn aws_throttling_backs_off_and_still_drains() {
         .schedule(TG, IP, PORT, vec![(ms(2500), "draining".into(), None)]);
     w.flip_endpoint();
     let run = w.run(&[], &[]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     let stats = w.elb.stats();
     assert!(stats.throttled >= 2, "{stats:?}");
     // 100 ms polling for ~2.5 s would be ~25 calls; backing off keeps it well below.
@@ -579,19 +542,10 @@ async fn aws_target_group_not_found_falls_back() {
     });
     w.flip_endpoint();
     let run = w.run(&[], &[("DRAINWAIT_FALLBACK_WAIT", "1500ms")]).await;
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    run.assert_code(1);
     assert!(run.elapsed >= ms(1500), "{:?}", run.elapsed);
-    assert!(
-        run.stderr.contains("TargetGroupNotFound")
-            && run.stderr.contains("DRAINWAIT_AWS_TARGET_GROUP_ARNS"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("endpoints passed") && run.stderr.contains("aws fallback"),
-        "{}",
-        run.stderr
-    );
+    run.assert_logged(&["TargetGroupNotFound", "DRAINWAIT_AWS_TARGET_GROUP_ARNS"]);
+    run.assert_logged(&["endpoints passed", "aws fallback"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,13 +558,8 @@ async fn aws_mode_without_targets_says_what_to_set() {
             &[("DRAINWAIT_LB", "aws"), ("DRAINWAIT_FALLBACK_WAIT", "1s")],
         )
         .await;
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("DRAINWAIT_LB=aws but")
-            && run.stderr.contains("DRAINWAIT_AWS_TARGET_GROUP_ARNS"),
-        "{}",
-        run.stderr
-    );
+    run.assert_code(1);
+    run.assert_logged(&["DRAINWAIT_LB=aws but", "DRAINWAIT_AWS_TARGET_GROUP_ARNS"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -619,8 +568,8 @@ async fn missing_crd_means_no_bindings_in_auto_mode() {
     w.kube.set_tgb_crd_installed(false);
     w.flip_endpoint();
     let run = w.run(&[], &[]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stderr.contains("aws skipped"), "{}", run.stderr);
+    run.assert_code(0);
+    run.assert_logged(&["aws skipped"]);
     assert!(w.elb.requests().is_empty());
 }
 
@@ -636,7 +585,7 @@ async fn json_logs_are_one_object_per_line_and_secrets_never_appear() {
             &[("DRAINWAIT_LOG_FORMAT", "json"), ("DRAINWAIT_LOG", "trace")],
         )
         .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert!(lines.len() > 3);
     for l in &lines {
@@ -665,17 +614,13 @@ async fn event_failures_never_change_the_exit_code() {
     w.kube.deny("create", "events.k8s.io", "events");
     w.flip_endpoint();
     let run = w.run(&[], &[LB_NONE]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("could not record the Event") && run.stderr.contains("events.k8s.io"),
-        "{}",
-        run.stderr
-    );
+    run.assert_code(0);
+    run.assert_logged(&["could not record the Event", "events.k8s.io"]);
 
     let w = World::new().await;
     w.flip_endpoint();
     let run = w.run(&[], &[LB_NONE, ("DRAINWAIT_EVENTS", "false")]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     assert!(w.kube.events().is_empty());
 }
 
@@ -689,7 +634,7 @@ async fn identity_from_pod_name_fallbacks() {
             &[LB_NONE, ("DRAINWAIT_POD_NAME", ""), ("POD_NAME", POD)],
         )
         .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_code(0);
     let run = w
         .run(
             &[],
@@ -717,7 +662,7 @@ async fn install_copies_the_binary() {
         let run = w
             .run(&["install", dir.to_str().unwrap_or_default()], &[])
             .await;
-        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        run.assert_code(0);
     }
     let installed = dir.join("drainwait");
     let out = std::process::Command::new(&installed)

@@ -146,6 +146,26 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl Run {
+    /// The process exited with `code`; otherwise fail showing its log.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(self.code, Some(code), "exit code; stderr:\n{}", self.stderr);
+    }
+
+    /// Its log (stderr) holds every one of `needles`.
+    #[track_caller]
+    pub fn assert_logged(&self, needles: &[&str]) {
+        for n in needles {
+            assert!(
+                self.stderr.contains(n),
+                "missing {n:?} in stderr:\n{}",
+                self.stderr
+            );
+        }
+    }
+}
+
 pub fn pod() -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
