@@ -68,6 +68,40 @@ else
   chroot --userspec=8737:8737 "$root" /drainwait-bin/drainwait --help >/dev/null \
     || fail "argo-server's uid 8737 cannot run the installed copy"
   echo "installed by uid 65532, runs as uid 8737"
+
+  # A pod's root has only what kubelet mounts: /etc/hosts and /etc/resolv.conf.
+  # glibc's static resolver must read both without any shared library.
+  step "name resolution in the empty root: /etc/hosts, then DNS"
+  mkdir -p "$root/etc"
+  echo "127.0.0.1 kube-api.hosts.drainwait.test" >"$root/etc/hosts"
+  printf 'nameserver 127.0.0.1\noptions timeout:2 attempts:2\n' >"$root/etc/resolv.conf"
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  servers_log="$root/servers.log"
+  python3 ci/name_check_servers.py "$port" kube-api.dns.drainwait.test 120 >"$servers_log" 2>&1 &
+  servers=$!
+  trap 'kill "$servers" 2>/dev/null || true; cleanup' EXIT
+  for _ in $(seq 50); do grep -q '^ready' "$servers_log" && break; sleep 0.1; done
+  grep -q '^ready' "$servers_log" || fail "name-check servers did not start: $(cat "$servers_log")"
+  for host in kube-api.hosts.drainwait.test kube-api.dns.drainwait.test; do
+    cat >"$root/kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://$host:$port"}}]
+users: [{name: u, user: {}}]
+contexts: [{name: c, context: {cluster: c, user: u, namespace: ns}}]
+current-context: c
+KUBECONFIG
+    out="$(env -i KUBECONFIG=/kubeconfig POD_NAME=p POD_NAMESPACE=ns DRAINWAIT_LB=none \
+      DRAINWAIT_EVENTS=false DRAINWAIT_LOG_TO_PID1=false DRAINWAIT_MAX_WAIT=20s \
+      "$(command -v timeout)" 40 "$(command -v chroot)" "$root" /drainwait wait 2>&1)" \
+      || fail "drain via $host exited $?: $out"
+    grep -q 'pod-gone' <<<"$out" || fail "drain via $host did not reach the API: $out"
+  done
+  grep -q '^dns: kube-api.dns.drainwait.test type 1 -> 127.0.0.1' "$servers_log" \
+    || fail "the DNS name was not resolved through the nameserver: $(cat "$servers_log")"
+  n="$(grep -c '^api: GET /api/v1/namespaces/ns/pods/p -> 404' "$servers_log")"
+  [ "$n" -ge 2 ] || fail "the API saw $n pod GETs, want 2: $(cat "$servers_log")"
+  echo "resolved a name from /etc/hosts and one via DNS; each drain reached the API and ended pod-gone"
 fi
 
 step "size"
