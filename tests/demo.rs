@@ -163,3 +163,46 @@ async fn demo_command_prints_the_table() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--time-scale"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_bench_ends_every_drain_inside_its_deadline() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drainwait"));
+    cmd.args([
+        "demo",
+        "--bench",
+        "storm",
+        "--drains",
+        "12",
+        "--time-scale",
+        "0.1",
+        "--seed",
+        "3",
+        "--out",
+    ])
+    .arg(dir.path())
+    .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .expect("the storm ends by itself")
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("drains ok (exit 0 inside the deadline): 12/12; failed: 0"),
+        "{stdout}"
+    );
+    // Every drain polled at least once, and far less than a naive poller would.
+    let per_drain: f64 = stdout
+        .split("calls, ")
+        .nth(1)
+        .and_then(|s| s.split(" per drain").next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no calls per drain in:\n{stdout}"));
+    assert!((1.0..=10.0).contains(&per_drain), "{per_drain}: {stdout}");
+}
