@@ -380,6 +380,7 @@ async fn aws_target_draining_then_lb_settle() {
             "exactly this pod's target"
         );
         assert!(c.authorization_present, "signed request");
+        assert_eq!(c.signing_region.as_deref(), Some("us-east-1"), "AWS_REGION");
     }
     // Stops polling once the target is out: one poll every ~100 ms for ~1.6 s, not more.
     assert!(calls.len() < 40, "{} calls", calls.len());
@@ -670,4 +671,40 @@ async fn install_copies_the_binary() {
         .output()
         .expect("run installed");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("drainwait "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_comes_from_the_arn_when_aws_region_is_unset() {
+    let w = World::new().await;
+    let eu =
+        "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/argo-eu/0123456789abcdef";
+    w.elb.add_target_group(eu, "argo-eu", PORT);
+    w.elb.register(eu, IP, PORT);
+    w.elb
+        .schedule(eu, IP, PORT, vec![(ms(1000), "draining".into(), None)]);
+    let env = [
+        ("AWS_REGION", UNSET),
+        ("DRAINWAIT_AWS_TARGET_GROUP_ARNS", eu),
+    ];
+    let (run, ()) = tokio::join!(w.run(&[], &env), async {
+        sleep(ms(300)).await;
+        w.flip_endpoint();
+    });
+    run.assert_code(0);
+    run.assert_logged(&["aws passed"]);
+    let calls: Vec<_> = w
+        .elb
+        .requests()
+        .into_iter()
+        .filter(|r| r.action == "DescribeTargetHealth")
+        .collect();
+    assert!(!calls.is_empty());
+    for c in &calls {
+        assert_eq!(c.target_group_arn.as_deref(), Some(eu));
+        assert_eq!(
+            c.signing_region.as_deref(),
+            Some("eu-west-1"),
+            "signed for the ARN's region"
+        );
+    }
 }

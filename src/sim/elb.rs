@@ -94,6 +94,8 @@ pub struct ElbRequest {
     pub at: std::time::Instant,
     /// Whether an `Authorization` header (SigV4) was present.
     pub authorization_present: bool,
+    /// The region of the SigV4 credential scope (`Credential=KEY/DATE/REGION/...`).
+    pub signing_region: Option<String>,
 }
 
 /// Totals since start.
@@ -456,7 +458,16 @@ fn handle(shared: &Mutex<State>, req: &Request<Bytes>) -> Option<Response<Body>>
     } else {
         req.uri().query().unwrap_or("").as_bytes()
     };
-    let authorization_present = req.headers().contains_key(hyper::header::AUTHORIZATION);
+    let authorization = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let authorization_present = authorization.is_some();
+    // Only the scope's region is kept: the rest of the header is a signature.
+    let signing_region = authorization
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').nth(2))
+        .map(str::to_string);
     let params = parse_params(&parse_form(form));
 
     let mut st = shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -487,6 +498,7 @@ fn handle(shared: &Mutex<State>, req: &Request<Bytes>) -> Option<Response<Body>>
         outcome,
         at: std::time::Instant::now(),
         authorization_present,
+        signing_region,
     });
     drop(st);
 

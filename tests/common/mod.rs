@@ -107,11 +107,17 @@ impl World {
             .env("AWS_REGION", "us-east-1")
             // Never reach for the instance metadata service from a test.
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        for (k, v) in extra {
+            if *v == UNSET {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
         let started = Instant::now();
         let child = cmd.spawn().expect("spawn drainwait");
         with_child(child.id().unwrap_or(0));
@@ -136,6 +142,9 @@ impl World {
             .collect()
     }
 }
+
+/// As a value in `extra`: remove the variable from the base environment.
+pub const UNSET: &str = "\u{0}unset";
 
 /// A finished run.
 #[derive(Debug)]
