@@ -708,3 +708,46 @@ async fn region_comes_from_the_arn_when_aws_region_is_unset() {
         );
     }
 }
+
+/// `DRAINWAIT_LOG_TO_PID1=auto` in a fresh PID namespace whose PID 1 is a
+/// shell with its stdout in a file, as a container's main process would have
+/// it: the lines reach that file as well as stderr. Needs root for
+/// `unshare --pid` (CI runs as root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_reach_pid1_stdout_in_auto_mode() {
+    let w = World::new().await;
+    w.kube.delete_pod(NS, POD);
+    let dir = tempfile::tempdir().expect("tmp");
+    let pid1_out = dir.path().join("pid1-stdout");
+    // The shell stays PID 1 (the `exit` keeps it from exec'ing drainwait).
+    let script = r#"exec >"$PID1_OUT"; "$DRAINWAIT" wait; exit $?"#;
+    let mut cmd = w.command(
+        "unshare",
+        &["--pid", "--fork", "--mount-proc", "sh", "-c", script],
+        &[
+            ("DRAINWAIT_LOG_TO_PID1", "auto"),
+            ("DRAINWAIT", env!("CARGO_BIN_EXE_drainwait")),
+            ("PID1_OUT", pid1_out.to_str().expect("utf-8 path")),
+        ],
+    );
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("ends by itself")
+        .expect("run unshare (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "unshare --pid needs root; stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("pod-gone"), "{stderr}");
+    let pid1 = std::fs::read_to_string(&pid1_out).expect("PID 1's stdout");
+    assert!(pid1.contains("pod-gone"), "PID 1's stdout: {pid1:?}");
+    // The same lines, not a second format.
+    let summary = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("pod-gone"))
+            .map(str::to_string)
+    };
+    assert_eq!(summary(&pid1), summary(&stderr));
+}

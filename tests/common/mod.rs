@@ -78,14 +78,14 @@ impl World {
         self.run_with(args, extra, |_| {}).await
     }
 
-    /// Like [`World::run`], with access to the child (e.g. to signal it).
-    pub async fn run_with(
+    /// `program` with `args`, the base environment for this world, and `extra`.
+    pub fn command(
         &self,
+        program: impl AsRef<std::ffi::OsStr>,
         args: &[&str],
         extra: &[(&str, &str)],
-        with_child: impl FnOnce(u32),
-    ) -> Run {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drainwait"));
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -118,6 +118,17 @@ impl World {
                 cmd.env(k, v);
             }
         }
+        cmd
+    }
+
+    /// Like [`World::run`], with access to the child (e.g. to signal it).
+    pub async fn run_with(
+        &self,
+        args: &[&str],
+        extra: &[(&str, &str)],
+        with_child: impl FnOnce(u32),
+    ) -> Run {
+        let mut cmd = self.command(env!("CARGO_BIN_EXE_drainwait"), args, extra);
         let started = Instant::now();
         let child = cmd.spawn().expect("spawn drainwait");
         with_child(child.id().unwrap_or(0));
