@@ -93,6 +93,27 @@ async fn demo_meets_the_goals() {
     assert_eq!(log.matches("drained after").count(), 2, "{log}");
 }
 
+/// Run `drainwait demo ARGS`, which must succeed within 90 s; its stdout.
+async fn demo_ok(args: &[&str], out: &std::path::Path) -> String {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drainwait"));
+    cmd.arg("demo")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .expect("the demo ends by itself")
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// One row of the printed table: (requests, failed).
 fn row(stdout: &str, label: &str) -> (u64, u64) {
     let line = stdout
@@ -114,30 +135,20 @@ async fn demo_command_prints_the_table() {
     let _one_at_a_time = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tmp");
     let out = dir.path().join("out");
-    let args = [
-        "demo",
-        "--pods",
-        "2",
-        "--time-scale",
-        SCALE,
-        "--seed",
-        "7",
-        "--rate",
-        "100",
-        "--out",
-    ];
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drainwait"));
-    cmd.args(args).arg(&out).kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(90), cmd.output())
-        .await
-        .expect("the demo ends by itself")
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = demo_ok(
+        &[
+            "--pods",
+            "2",
+            "--time-scale",
+            SCALE,
+            "--seed",
+            "7",
+            "--rate",
+            "100",
+        ],
+        &out,
+    )
+    .await;
 
     let (requests, failed) = row(&stdout, "no hook");
     assert!(requests > 100 && failed > 0, "{stdout}");
@@ -168,31 +179,20 @@ async fn demo_command_prints_the_table() {
 async fn storm_bench_ends_every_drain_inside_its_deadline() {
     let _one_at_a_time = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drainwait"));
-    cmd.args([
-        "demo",
-        "--bench",
-        "storm",
-        "--drains",
-        "12",
-        "--time-scale",
-        "0.1",
-        "--seed",
-        "3",
-        "--out",
-    ])
-    .arg(dir.path())
-    .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(90), cmd.output())
-        .await
-        .expect("the storm ends by itself")
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = demo_ok(
+        &[
+            "--bench",
+            "storm",
+            "--drains",
+            "12",
+            "--time-scale",
+            "0.1",
+            "--seed",
+            "3",
+        ],
+        dir.path(),
+    )
+    .await;
     assert!(
         stdout.contains("drains ok (exit 0 inside the deadline): 12/12; failed: 0"),
         "{stdout}"

@@ -365,12 +365,7 @@ async fn aws_target_draining_then_lb_settle() {
         "{:?}",
         run.elapsed
     );
-    let calls: Vec<_> = w
-        .elb
-        .requests()
-        .into_iter()
-        .filter(|r| r.action == "DescribeTargetHealth")
-        .collect();
+    let calls = w.elb_calls("DescribeTargetHealth");
     assert!(!calls.is_empty());
     for c in &calls {
         assert_eq!(c.target_group_arn.as_deref(), Some(TG));
@@ -490,12 +485,7 @@ async fn aws_invalid_target_is_out_when_asked_alone() {
         .await;
     run.assert_code(0);
     // Two targets (binding's 2746 and explicit 8080) in one call → InvalidTarget → one call each.
-    let calls: Vec<_> = w
-        .elb
-        .requests()
-        .into_iter()
-        .filter(|r| r.action == "DescribeTargetHealth")
-        .collect();
+    let calls = w.elb_calls("DescribeTargetHealth");
     assert!(
         calls
             .iter()
@@ -692,12 +682,7 @@ async fn region_comes_from_the_arn_when_aws_region_is_unset() {
     });
     run.assert_code(0);
     run.assert_logged(&["aws passed"]);
-    let calls: Vec<_> = w
-        .elb
-        .requests()
-        .into_iter()
-        .filter(|r| r.action == "DescribeTargetHealth")
-        .collect();
+    let calls = w.elb_calls("DescribeTargetHealth");
     assert!(!calls.is_empty());
     for c in &calls {
         assert_eq!(c.target_group_arn.as_deref(), Some(eu));

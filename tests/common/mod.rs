@@ -144,6 +144,15 @@ impl World {
         }
     }
 
+    /// The ELBv2 requests of one action, in arrival order.
+    pub fn elb_calls(&self, action: &str) -> Vec<drainwait::sim::elb::ElbRequest> {
+        self.elb
+            .requests()
+            .into_iter()
+            .filter(|r| r.action == action)
+            .collect()
+    }
+
     /// Reasons of the Events recorded on the pod.
     pub fn event_reasons(&self) -> Vec<String> {
         self.kube
